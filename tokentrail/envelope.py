@@ -84,7 +84,7 @@ def decode_envelope(value: bytes | None, prices: PriceTable) -> tuple[list[dict[
     good: list[dict[str, Any]] = []
     bad: list[tuple[object, str]] = []
     for item in items:
-        if isinstance(item, dict) and _WIRE_KEYS <= item.keys():
+        if isinstance(item, dict) and item.keys() >= _WIRE_KEYS:
             good.append(item)  # validated at the edge; trusted inside
             continue
         try:

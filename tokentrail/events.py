@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -80,12 +80,12 @@ def parse_timestamp_ms(value: object) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def format_timestamp_ms(ts_ms: int) -> str:
     """Epoch milliseconds -> canonical RFC 3339 UTC string with milliseconds."""
-    dt = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
@@ -112,7 +112,7 @@ def validate(raw: object) -> dict[str, Any]:
         value = raw.get(name)
         if value is None and name in _OPTIONAL_INTS:
             value = 0
-        if not _is_int(value):
+        if not isinstance(value, int) or isinstance(value, bool):
             req = "is required and " if name in _REQUIRED_INTS else ""
             raise EventError(name, f"{req}must be an integer")
         if not 0 <= value <= MAX_TOKENS:

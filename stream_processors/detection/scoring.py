@@ -1,0 +1,137 @@
+"""Turn a user's features into a bot score in [0, 1] with reasons a person can check.
+
+Each signal is a strength in [0, 1] times a weight; the score is a logistic of the
+weighted sum. Weights are set so that one kind of evidence alone stays at or just
+under 0.5 and it takes two independent kinds (say a clockwork cadence *and* repeated
+prompts) to cross it: heavy agentic coders are bursty but human-paced, batch jobs
+are regular but short and varied, and neither piles up a second kind of evidence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from stream_processors.detection.features import HOUR_MS, UserFeatures
+
+BIAS = 0.95  # weighted evidence at which the score is 0.5
+STEEPNESS = 6.0
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    strength: float  # 0..1
+    weight: float
+    reason: str
+
+    @property
+    def evidence(self) -> float:
+        return self.strength * self.weight
+
+
+def _clamp(x: float) -> float:
+    return 0.0 if x < 0 else 1.0 if x > 1 else x
+
+
+def _duration(ms: float) -> str:
+    minutes = ms / 60_000
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.0f} h" if minutes < 72 * 60 else f"{minutes / 1440:.1f} days"
+
+
+def cadence(f: UserFeatures, now: int) -> Signal:
+    """Clockwork gaps: strong fast when near-periodic, slowly when only jittered."""
+    sd, since = f.gap_sd_log(), f.regular_since
+    if f.ss_regular_since and (since == 0 or f.ss_regular_since < since):
+        sd, since = f.session_gap_sd_log(), f.ss_regular_since
+    if since == 0:
+        return Signal("cadence", 0.0, 0.7, "")
+    dur = now - since
+    periodic = _clamp((0.25 - sd) / 0.15) * _clamp(dur / (30 * 60_000))
+    jittered = _clamp((0.5 - sd) / 0.2) * _clamp(dur / (8 * HOUR_MS))
+    gap_sd = math.sqrt(max(0.0, f.g_m2 - f.g_mean**2))
+    reason = f"requests every {f.g_mean:.1f} s ± {gap_sd:.1f} s for {_duration(dur)}"
+    return Signal("cadence", max(periodic, jittered), 0.7, reason)
+
+
+def repetition(f: UserFeatures) -> Signal:
+    """People rarely re-send a prompt verbatim; scripts cycle through a few templates."""
+    share = f.top_prompt_share()
+    top = _clamp((share - 0.2) / 0.5) * _clamp(f.mg_n / 40)
+    repeat = _clamp((f.rep - 0.2) / 0.6) * _clamp(f.rep_n / 24)
+    volume = _clamp((f.repeats_estimate() - 50) / 250)
+    best = max(top, repeat, volume)
+    if best == top:
+        return Signal("repetition", top, 1.0, f"same prompt {share:.0%} of {f.mg_n:,} requests")
+    return Signal("repetition", best, 1.0, f"{f.rep:.0%} of prompts were sent before "
+                  f"(~{f.repeats_estimate():,.0f} repeats in the last 6-12 h)")
+
+
+def no_rest(f: UserFeatures, now: int) -> Signal:
+    if f.hours_observed() < 23:
+        return Signal("no_rest", 0.0, 0.6, "")
+    hours, idle = f.active_hours(24), f.longest_idle_min(now)
+    strength = _clamp((hours - 18) / 5) * _clamp((240 - idle) / 180)
+    return Signal("no_rest", strength, 0.6, f"active {hours} of the last 24 hours, longest pause {idle} min")
+
+
+def concurrency(f: UserFeatures) -> Signal:
+    return Signal("concurrency", _clamp((f.conc - 3.5) / 4), 1.0,
+                  f"{f.conc:.1f} sessions running at once (10-minute average)")
+
+
+def context_burn(f: UserFeatures) -> Signal:
+    # Share catches a dedicated burner; the count catches one hiding among its owner's requests.
+    strength = max(_clamp((f.big - 0.3) / 0.5) * _clamp(1 - f.cache_share * 2) * _clamp(f.n / 20),
+                   _clamp((f.big_hits - 20) / 40))
+    return Signal("context_burn", strength, 0.9,
+                  f"{f.big:.0%} of requests send ≥100k uncached tokens (mean {f.unc_mean / 1000:.0f}k)")
+
+
+def flat_day(f: UserFeatures) -> Signal:
+    if f.hours_observed() < 8:
+        return Signal("flat_day", 0.0, 0.6, "")
+    active = f.active_slots(48)
+    return Signal("flat_day", _clamp((active - 45) / 3), 0.4,
+                  f"active in {active} of the last 48 ten-minute slots, no breaks")
+
+
+def growth(f: UserFeatures) -> Signal:
+    """Steady growth across complete 6 h blocks, day and night alike (people sleep)."""
+    counts = f.block_counts()[-7:-1]
+    steady = all(b >= 0.8 * a for a, b in itertools.pairwise(counts))
+    if f.hours_observed() < 36 or min(counts) < 3 or not steady:
+        return Signal("growth", 0.0, 0.7, "")
+    logs = [math.log(c) for c in counts]
+    n = len(logs)
+    xm, ym = (n - 1) / 2, sum(logs) / n
+    sxx = sum((i - xm) ** 2 for i in range(n))
+    slope = sum((i - xm) * (y - ym) for i, y in enumerate(logs)) / sxx * 4  # per day
+    per_day = math.exp(slope)
+    return Signal("growth", _clamp((slope - math.log(1.3)) / math.log(1.5)), 0.7,
+                  f"requests growing ×{per_day:.1f} a day for 36 h without a night's break")
+
+
+def size_regularity(f: UserFeatures) -> Signal:
+    sd = f.size_sd_log()
+    strength = _clamp((0.3 - sd) / 0.2) * _clamp((f.n - 30) / 50)
+    return Signal("size_regularity", strength, 0.4, f"request size varies only ±{sd:.0%}")
+
+
+def signals(f: UserFeatures, now: int) -> list[Signal]:
+    return [cadence(f, now), repetition(f), no_rest(f, now), concurrency(f), context_burn(f),
+            flat_day(f), growth(f), size_regularity(f)]
+
+
+def score(f: UserFeatures, now: int | None = None) -> tuple[float, list[str]]:
+    """(bot_score, reasons strongest first); reasons only for signals that count."""
+    if f.n == 0:
+        return 0.0, []
+    found = signals(f, f.last_ts if now is None else now)
+    total = sum(s.evidence for s in found)
+    value = 1.0 / (1.0 + math.exp(-STEEPNESS * (total - BIAS)))
+    ranked = sorted((s for s in found if s.strength >= 0.3), key=lambda s: -s.evidence)
+    return value, [s.reason for s in ranked]
