@@ -14,6 +14,7 @@ events to the topic; those are validated and priced on the way in.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
@@ -92,3 +93,10 @@ def decode_envelope(value: bytes | None, prices: PriceTable) -> tuple[list[dict[
         except EventError as exc:
             bad.append((item, str(exc)))
     return good, bad
+
+
+def dead_letter(raw: object, reason: str, stage: str) -> bytes:
+    """Dead-letter record: the offending input, the reason, where and when."""
+    payload = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return orjson.dumps({"reason": reason, "stage": stage, "at_ms": int(time.time() * 1000), "input": payload},
+                        default=str)

@@ -58,7 +58,8 @@ class Detector:
         tokens = uncached + cache_read + event["output_tokens"]
         f = user.features
         f.update(ts, tokens, uncached, cache_read,
-                 event.get("session_id") or "", event.get("prompt_hash") or "")
+                 event.get("session_id") or "", event.get("prompt_hash") or "",
+                 event.get("client") or "", event["model"])
         if ts > self.now:
             self.now = ts
         self._seen += 1

@@ -13,6 +13,8 @@ import math
 import struct
 import zlib
 
+from stream_processors.detection.streams import Streams
+
 SLOT_MS = 10 * 60_000  # rhythm resolution: ten minutes
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -95,6 +97,7 @@ class UserFeatures:
         "ss_lg_mean",
         "ss_n",
         "ss_regular_since",
+        "streams",
         "sz_m2",
         "sz_mean",
         "tokens",
@@ -120,11 +123,12 @@ class UserFeatures:
         self.sessions: dict[int, list[int]] = {}  # crc32(session) -> [first, last, count]
         self.mg: dict[int, int] = {}  # Misra-Gries heavy prompts
         self.mg_n = 0
+        self.streams = Streams()  # per client/model evidence, apart from the owner's other use
 
     # ---- update -------------------------------------------------------------------
 
     def update(self, ts: int, tokens: int, uncached: int, cache_read: int,
-               session_id: str, prompt_hash: str) -> None:
+               session_id: str, prompt_hash: str, client: str = "", model: str = "") -> None:
         if self.n == 0:
             self._start(ts)
         else:
@@ -135,6 +139,7 @@ class UserFeatures:
         self._session(ts, session_id)
         self._prompt(prompt_hash)
         self._size(uncached, cache_read)
+        self.streams.update(ts, client, model, uncached, prompt_hash)
         self.n += 1
         self.last_ts = ts
 
@@ -348,7 +353,8 @@ class UserFeatures:
         blooms = self.bloom0.to_bytes(512, "little") + self.bloom1.to_bytes(512, "little")
         sess = b"".join(struct.pack("<Iqqi", k, *v) for k, v in self.sessions.items())
         mg = b"".join(struct.pack("<Qi", k, v) for k, v in self.mg.items())
-        return head + clock + masks + blooms + bytes([len(self.sessions), len(self.mg)]) + sess + mg
+        return (head + clock + masks + blooms + bytes([len(self.sessions), len(self.mg)]) + sess + mg
+                + self.streams.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserFeatures:
@@ -383,4 +389,6 @@ class UserFeatures:
             k, v = struct.unpack_from("<Qi", data, pos)
             f.mg[k] = v
             pos += 12
+        if pos < len(data):  # state written before streams existed has none
+            f.streams, pos = Streams.from_bytes(data, pos)
         return f

@@ -110,3 +110,11 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def broker_reachable(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout_s)
+        return True
+    except Exception:
+        return False

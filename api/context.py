@@ -1,0 +1,46 @@
+"""Everything a request handler needs, built once per serving process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.pipeline_stats import LagProbe, StatsReader
+from tokentrail.pricing import PriceTable
+from tokentrail.publish import Publisher
+from tokentrail.settings import Settings
+from tokentrail.store import Store
+
+
+@dataclass
+class IngestCounters:
+    requests: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    unavailable: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, accepted: int, rejected: int) -> None:
+        with self.lock:
+            self.requests += 1
+            self.accepted += accepted
+            self.rejected += rejected
+
+
+@dataclass
+class ApiContext:
+    settings: Settings
+    bootstrap: str
+    store: Store
+    prices: PriceTable
+    publisher: Publisher
+    sink_stats: Callable[[], dict[str, Any]] | None = None  # the in-process sink's counters
+    stats: StatsReader | None = None
+    processor_lag: LagProbe | None = None
+    sink_lag: LagProbe | None = None
+    ingest: IngestCounters = field(default_factory=IngestCounters)
+    started_at: float = field(default_factory=time.time)
+    draining: bool = False  # set on shutdown: ingest answers 503 while the rest drains

@@ -1,0 +1,54 @@
+"""The Faust application: broker, topics and tables, built from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from tokentrail.settings import Settings
+
+ORG_DELTAS_SUFFIX = "org-deltas"
+
+
+@dataclass
+class Processors:
+    app: faust.App
+    usage: Any  # faust topics/tables are loosely typed
+    org_deltas: Any
+    user_windows: Any
+    org_windows: Any
+    progress: Any
+
+
+def org_deltas_topic(settings: Settings) -> str:
+    return f"{settings.app_id}.{ORG_DELTAS_SUFFIX}"
+
+
+def build(settings: Settings, bootstrap: str) -> Processors:
+    session_s = settings.session_timeout_ms / 1000
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",  # state is rebuilt from changelog topics on start
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=max(session_s / 5, 0.5),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+        table_cleanup_interval=3600,  # our own expiry timer does event-time cleanup
+    )
+    usage = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw",
+                      partitions=settings.partitions)
+    org_deltas = app.topic(org_deltas_topic(settings), value_serializer="json", key_serializer="raw",
+                           partitions=settings.partitions, internal=True)
+    # Tables are co-partitioned with the stream that writes them: user buckets
+    # with the usage topic, org buckets with the org-delta topic.
+    user_windows = app.Table("user-minute", default=None, partitions=settings.partitions)
+    org_windows = app.Table("org-minute", default=None, partitions=settings.partitions)
+    progress = app.Table("progress", default=None, partitions=settings.partitions)
+    return Processors(app, usage, org_deltas, user_windows, org_windows, progress)

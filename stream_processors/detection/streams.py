@@ -1,0 +1,154 @@
+"""Per-stream evidence: what one tool/model pair of a user does, apart from the rest.
+
+A script runs on top of its owner's ordinary use, and in user-level features the
+owner's traffic blurs the script's clockwork. Requests are therefore also split into
+streams keyed by ``client/model`` (a script pins both; the owner's chat or coding tool
+is another stream), and each stream keeps its own recent gaps, prompt fingerprints and
+context sizes. At most ``MAX_STREAMS`` streams per user are tracked, space-saving style:
+a new stream replaces the least used one, so a busy script is never the one evicted.
+
+Regularity is robust: the median absolute deviation of log gaps over the last
+``RING`` gaps, so a few pauses (a retry, a laptop lid) do not hide a cadence the way
+they inflate a variance. It is re-measured every ``CHECK_EVERY`` requests of the
+stream, which keeps the per-event cost O(1) and the state a deterministic function
+of the events.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from array import array
+
+MAX_STREAMS = 4
+RING = 48  # recent gaps per stream
+PROMPT_RING = 64  # recent prompt fingerprints per stream
+CHECK_EVERY = 8
+BREAK_MS = 15 * 60_000  # a pause this long ends a continuous run
+REGULAR_RSD = 0.5  # robust sd of log gaps under which a stream counts as paced by a clock
+BIG_CONTEXT = 100_000
+LABEL_MAX = 48
+_MASK64 = (1 << 64) - 1
+_HEAD = struct.Struct("<qqqqiiQQddd")
+
+
+def _fingerprint(prompt_hash: str) -> int:
+    try:
+        return int(prompt_hash[:4], 16) % 0xFFFF + 1 if prompt_hash else 0
+    except ValueError:
+        return 0
+
+
+class Stream:
+    """Recent behaviour of one client/model stream of one user."""
+
+    __slots__ = ("big_bits", "first_ts", "gaps", "label", "last_ts", "med_gap", "n", "near",
+                 "prompts", "regular_since", "rep_bits", "rsd", "up_since")
+
+    def __init__(self, label: str, ts: int) -> None:
+        self.label = label
+        self.first_ts = self.last_ts = self.up_since = ts
+        self.n = 0
+        self.regular_since = 0
+        self.gaps = array("I", bytes(4 * RING))
+        self.prompts = array("H", bytes(2 * PROMPT_RING))
+        self.rep_bits = self.big_bits = 0  # last 64 requests: repeated prompt / ≥100k uncached
+        self.med_gap = self.rsd = self.near = 0.0
+
+    def update(self, ts: int, uncached: int, prompt_hash: str) -> None:
+        if self.n:
+            gap = max(0, ts - self.last_ts)
+            if gap > BREAK_MS:
+                self.up_since = ts
+            self.gaps[(self.n - 1) % RING] = min(gap, 0xFFFFFFFF)
+        fp = _fingerprint(prompt_hash)
+        seen = fp != 0 and fp in self.prompts
+        self.prompts[self.n % PROMPT_RING] = fp
+        self.rep_bits = ((self.rep_bits << 1) | seen) & _MASK64
+        self.big_bits = ((self.big_bits << 1) | (uncached >= BIG_CONTEXT)) & _MASK64
+        self.n += 1
+        self.last_ts = max(self.last_ts, ts)
+        if self.n % CHECK_EVERY == 0:
+            self._measure()
+
+    def _measure(self) -> None:
+        """Median gap, robust spread and near-identical share of the recent gaps."""
+        count = min(self.n - 1, RING)
+        if count < 16:
+            return
+        gaps = sorted(self.gaps[:count])
+        med = gaps[count // 2]
+        logs = sorted(abs(math.log((g + 50) / (med + 50))) for g in gaps)
+        self.med_gap, self.rsd = med / 1000.0, 1.4826 * logs[count // 2]
+        self.near = sum(1 for x in logs if x < 0.02) / count
+        if self.rsd >= REGULAR_RSD:
+            self.regular_since = 0
+        elif self.regular_since == 0:  # the cadence began when the gaps in the ring did
+            self.regular_since = max(self.first_ts, self.last_ts - sum(gaps))
+
+    # ---- derived ----------------------------------------------------------------------
+
+    def recent(self) -> int:
+        return min(self.n, 64)
+
+    def repeat_share(self) -> float:
+        return self.rep_bits.bit_count() / self.recent() if self.n else 0.0
+
+    def big_share(self) -> float:
+        return self.big_bits.bit_count() / self.recent() if self.n else 0.0
+
+    # ---- serialisation ------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        label = self.label.encode()
+        head = _HEAD.pack(self.first_ts, self.last_ts, self.up_since, self.regular_since, self.n,
+                          len(label), self.rep_bits, self.big_bits, self.med_gap,
+                          self.rsd, self.near)
+        count = min(max(self.n - 1, 0), RING)
+        prompts = min(self.n, PROMPT_RING)
+        return head + label + self.gaps[:count].tobytes() + self.prompts[:prompts].tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, pos: int) -> tuple[Stream, int]:
+        (first, last, up, regular, n, label_len, rep, big, med, rsd,
+         near) = _HEAD.unpack_from(data, pos)
+        pos += _HEAD.size
+        s = cls(data[pos:pos + label_len].decode(errors="replace"), first)
+        pos += label_len
+        s.last_ts, s.up_since, s.regular_since, s.n = last, up, regular, n
+        s.rep_bits, s.big_bits, s.med_gap, s.rsd, s.near = rep, big, med, rsd, near
+        count, prompts = min(max(n - 1, 0), RING), min(n, PROMPT_RING)
+        s.gaps[:count] = array("I", data[pos:pos + 4 * count])
+        pos += 4 * count
+        s.prompts[:prompts] = array("H", data[pos:pos + 2 * prompts])
+        return s, pos + 2 * prompts
+
+
+class Streams:
+    """The few most active streams of one user."""
+
+    __slots__ = ("table",)
+
+    def __init__(self) -> None:
+        self.table: dict[str, Stream] = {}
+
+    def update(self, ts: int, client: str, model: str, uncached: int, prompt_hash: str) -> None:
+        label = f"{client or '-'}/{model}"[:LABEL_MAX]
+        stream = self.table.get(label)
+        if stream is None:
+            if len(self.table) >= MAX_STREAMS:
+                del self.table[min(self.table, key=lambda k: self.table[k].n)]
+            stream = self.table[label] = Stream(label, ts)
+        stream.update(ts, uncached, prompt_hash)
+
+    def to_bytes(self) -> bytes:
+        return bytes([len(self.table)]) + b"".join(s.to_bytes() for s in self.table.values())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, pos: int) -> tuple[Streams, int]:
+        out = cls()
+        count, pos = data[pos], pos + 1
+        for _ in range(count):
+            stream, pos = Stream.from_bytes(data, pos)
+            out.table[stream.label] = stream
+        return out, pos

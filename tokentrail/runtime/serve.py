@@ -1,0 +1,77 @@
+"""`tokentrail serve`: the process that owns the history store.
+
+It runs the HTTP API and the history sink together, because an embedded chdb
+data dir can be opened by one process only: the sink writes and the API reads
+through the same store object. (With a ClickHouse server, `tokentrail sink`
+and `tokentrail api` may also run as separate processes.)
+
+This module is a composition root: it wires components (api, stream
+processors) that never import each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+
+from tokentrail.envelope import dead_letter
+from tokentrail.pricing import PriceTable
+from tokentrail.publish import Publisher
+from tokentrail.runtime.topics import create_missing, pipeline_topics
+from tokentrail.settings import Settings
+from tokentrail.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
+    from api.app import create_app
+    from api.context import ApiContext
+    from api.pipeline_stats import LagProbe, StatsReader
+    from stream_processors.sink import HistorySink
+
+    create_missing(bootstrap, pipeline_topics(settings), settings.replication_factor)
+    store = open_store(str(settings.data_dir / "chdb"), settings.clickhouse_url)
+    applied = store.apply_migrations()
+    if applied:
+        log.info("applied migrations: %s", ", ".join(applied))
+    prices = PriceTable.load(settings.prices_file)
+    publisher = Publisher(bootstrap, settings.usage_topic)
+    stats = StatsReader(settings, bootstrap)
+    ctx = ApiContext(
+        settings=settings, bootstrap=bootstrap, store=store, prices=prices, publisher=publisher, stats=stats,
+        processor_lag=LagProbe(bootstrap, settings.app_id, settings.usage_topic, settings.partitions),
+        sink_lag=LagProbe(bootstrap, settings.sink_group, settings.usage_topic, settings.partitions),
+    )
+    sink = None
+    if with_sink:
+        def to_dead_letters(raw: object, reason: str) -> None:
+            publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
+
+        sink = HistorySink(settings, bootstrap, store, prices, to_dead_letters)
+        ctx.sink_stats = lambda: _sink_stats(sink)
+        sink.start()
+    stats.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=settings.host, port=settings.port,
+                                           log_level=settings.log_level.lower(), access_log=False))
+    try:
+        server.run()
+    finally:
+        # Graceful stop: ingest already refuses (server stopped), then the sink
+        # stores and commits what it read, then the store closes.
+        ctx.draining = True
+        if sink is not None:
+            sink.stop()
+        stats.stop()
+        publisher.close(10)
+        store.close()
+
+
+def _sink_stats(sink: Any) -> dict[str, Any]:
+    s = sink.stats
+    with s.lock:
+        return {"stored": s.stored, "duplicates": s.duplicates, "invalid": s.invalid, "batches": s.batches,
+                "store_failures": s.store_failures, "paused": s.paused, "last_error": s.last_error}
+
