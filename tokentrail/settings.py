@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     max_events_per_request: int = 10_000
     produce_timeout_s: float = Field(10.0, gt=0)
 
+    # Access control and privacy (docs/access.md).
+    k_anonymity: int = Field(5, ge=1, description="non-admin aggregates cover at least this many distinct users")
+    pseudonym_secret: str | None = Field(None, description="HMAC key of leaderboard pseudonyms; "
+                                                           "unset = derived from admin_token")
+    token_cache_s: float = Field(1.0, ge=0, le=1.0, description="how long a token lookup is cached (revocation lag)")
+    audit_flush_s: float = Field(1.0, gt=0, description="audit log buffer flush interval")
+    audit_flush_rows: int = Field(1000, ge=1, description="audit log buffer flushes at this many rows")
+
     prices_file: str | None = None
     log_level: str = "INFO"
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from stream_processors.detection.features import HOUR_MS, UserFeatures
-from stream_processors.detection.streams import Stream
+from stream_processors.detection.streams import BOUNDED_SPAN, RING, Stream
 
 BIAS = 0.95  # weighted evidence at which the score is 0.5
 STEEPNESS = 6.0
@@ -126,18 +126,20 @@ STALE_MS = 2 * HOUR_MS  # a stream silent this long no longer testifies
 
 
 def stream_cadence(s: Stream) -> Signal:
-    """A clock inside one stream. Sharp when the robust spread of gaps is tight (people's
-    fastest stretches, agent tool loops, stay above ~0.3); a machine-exact cadence held
-    for hours over hundreds of requests is enough on its own (the early path)."""
+    """A clock inside one stream: a tight robust spread of gaps, or gaps that stay within a
+    narrow band (a sleep(uniform(a, b)) loop). People's fastest stretches and agent tool
+    loops have heavy-tailed gaps and score ~0 here. Held for an hour, or near-identical
+    over a full ring of gaps (the early path), this is enough on its own."""
     if s.regular_since == 0:
         return Signal("cadence", 0.0, 0.7, "")
     dur = s.last_ts - s.regular_since
-    tight = _clamp((0.32 - s.rsd) / 0.17) * _clamp(dur / (20 * 60_000))
-    loose = _clamp((0.45 - s.rsd) / 0.15) * _clamp(dur / HOUR_MS) * 0.5
-    exact = s.near >= 0.9 and s.n >= 300 and dur >= 2 * HOUR_MS
+    tight = _clamp((0.32 - s.rsd) / 0.17)
+    bounded = _clamp((BOUNDED_SPAN - s.span) / 0.3)
+    strength = max(tight, bounded) * _clamp(dur / (20 * 60_000))
+    held = 1.0 if s.near >= 0.8 and s.n > RING else _clamp((dur - 20 * 60_000) / (40 * 60_000))
     reason = (f"requests every {s.med_gap:.1f} s ± {s.med_gap * s.rsd:.1f} s for {_duration(dur)} "
               f"from {s.label}")
-    return Signal("cadence", max(tight, loose), 1.2 if exact else 0.7, reason)
+    return Signal("cadence", strength, 0.7 + 0.35 * held, reason)
 
 
 def stream_repetition(s: Stream) -> Signal:

@@ -25,11 +25,12 @@ RING = 48  # recent gaps per stream
 PROMPT_RING = 64  # recent prompt fingerprints per stream
 CHECK_EVERY = 8
 BREAK_MS = 15 * 60_000  # a pause this long ends a continuous run
-REGULAR_RSD = 0.5  # robust sd of log gaps under which a stream counts as paced by a clock
+REGULAR_RSD = 0.35  # robust sd of log gaps under which a stream counts as paced by a clock
+BOUNDED_SPAN = 1.1  # ... or log(q95 / q5) of its gaps: people's stay above ~1.2, even agent loops
 BIG_CONTEXT = 100_000
 LABEL_MAX = 48
 _MASK64 = (1 << 64) - 1
-_HEAD = struct.Struct("<qqqqiiQQddd")
+_HEAD = struct.Struct("<qqqqiiQQdddd")
 
 
 def _fingerprint(prompt_hash: str) -> int:
@@ -43,7 +44,7 @@ class Stream:
     """Recent behaviour of one client/model stream of one user."""
 
     __slots__ = ("big_bits", "first_ts", "gaps", "label", "last_ts", "med_gap", "n", "near",
-                 "prompts", "regular_since", "rep_bits", "rsd", "up_since")
+                 "prompts", "regular_since", "rep_bits", "rsd", "span", "up_since")
 
     def __init__(self, label: str, ts: int) -> None:
         self.label = label
@@ -53,7 +54,7 @@ class Stream:
         self.gaps = array("I", bytes(4 * RING))
         self.prompts = array("H", bytes(2 * PROMPT_RING))
         self.rep_bits = self.big_bits = 0  # last 64 requests: repeated prompt / ≥100k uncached
-        self.med_gap = self.rsd = self.near = 0.0
+        self.med_gap = self.rsd = self.near = self.span = 0.0
 
     def update(self, ts: int, uncached: int, prompt_hash: str) -> None:
         if self.n:
@@ -81,7 +82,9 @@ class Stream:
         logs = sorted(abs(math.log((g + 50) / (med + 50))) for g in gaps)
         self.med_gap, self.rsd = med / 1000.0, 1.4826 * logs[count // 2]
         self.near = sum(1 for x in logs if x < 0.02) / count
-        if self.rsd >= REGULAR_RSD:
+        # Bounded gaps: a sleep(uniform(a, b)) loop never pauses; people's gaps are heavy-tailed.
+        self.span = math.log((gaps[count - 1 - count // 20] + 50) / (gaps[count // 20] + 50))
+        if self.rsd >= REGULAR_RSD and self.span >= BOUNDED_SPAN:
             self.regular_since = 0
         elif self.regular_since == 0:  # the cadence began when the gaps in the ring did
             self.regular_since = max(self.first_ts, self.last_ts - sum(gaps))
@@ -103,7 +106,7 @@ class Stream:
         label = self.label.encode()
         head = _HEAD.pack(self.first_ts, self.last_ts, self.up_since, self.regular_since, self.n,
                           len(label), self.rep_bits, self.big_bits, self.med_gap,
-                          self.rsd, self.near)
+                          self.rsd, self.near, self.span)
         count = min(max(self.n - 1, 0), RING)
         prompts = min(self.n, PROMPT_RING)
         return head + label + self.gaps[:count].tobytes() + self.prompts[:prompts].tobytes()
@@ -111,12 +114,12 @@ class Stream:
     @classmethod
     def from_bytes(cls, data: bytes, pos: int) -> tuple[Stream, int]:
         (first, last, up, regular, n, label_len, rep, big, med, rsd,
-         near) = _HEAD.unpack_from(data, pos)
+         near, span) = _HEAD.unpack_from(data, pos)
         pos += _HEAD.size
         s = cls(data[pos:pos + label_len].decode(errors="replace"), first)
         pos += label_len
         s.last_ts, s.up_since, s.regular_since, s.n = last, up, regular, n
-        s.rep_bits, s.big_bits, s.med_gap, s.rsd, s.near = rep, big, med, rsd, near
+        s.rep_bits, s.big_bits, s.med_gap, s.rsd, s.near, s.span = rep, big, med, rsd, near, span
         count, prompts = min(max(n - 1, 0), RING), min(n, PROMPT_RING)
         s.gaps[:count] = array("I", data[pos:pos + 4 * count])
         pos += 4 * count

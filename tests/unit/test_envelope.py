@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import zlib
+
+import orjson
+
+from tokentrail.envelope import build_envelopes, decode_envelope, encode_event, partition_for
+from tokentrail.pricing import PriceTable
+
+PRICES = PriceTable.load()
+
+
+def raw(i: int, user: str) -> dict[str, object]:
+    return {"event_id": f"e{i}", "timestamp": "2026-11-23T09:15:02Z", "user_id": user, "org_id": "o",
+            "model": "gpt-5", "input_tokens": i, "output_tokens": 1}
+
+
+def test_partition_matches_librdkafka_consistent_hash() -> None:
+    assert partition_for("alice", 7) == zlib.crc32(b"alice") % 7
+
+
+def test_envelopes_keep_per_partition_order_and_respect_limits() -> None:
+    events = [encode_event(raw(i, f"u{i % 5}"), PRICES) for i in range(100)]
+    envs = list(build_envelopes(events, 3, max_events=10))
+    assert sum(n for _, _, n in envs) == 100
+    assert all(n <= 10 for _, _, n in envs)
+    for p in range(3):
+        ids = [e["event_id"] for part, value, _ in envs if part == p for e in orjson.loads(value)]
+        expected = [e["event_id"] for e in events if partition_for(e["user_id"], 3) == p]
+        assert ids == expected
+
+
+def test_decode_trusts_wire_form_and_validates_plain_events() -> None:
+    wire = encode_event(raw(1, "u"), PRICES)
+    value = orjson.dumps([wire, raw(2, "u"), {"event_id": "bad"}])
+    good, bad = decode_envelope(value, PRICES)
+    assert [e["event_id"] for e in good] == ["e1", "e2"]
+    assert good[1]["cost_source"] == "price_table"
+    assert len(bad) == 1 and bad[0][1].startswith("field ")
+    assert decode_envelope(b"not json", PRICES)[1][0][1].startswith("message is not JSON")
+    single, _ = decode_envelope(orjson.dumps(raw(3, "u")), PRICES)
+    assert single[0]["event_id"] == "e3"
