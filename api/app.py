@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from api.auth.audit import AuditLog
+from api.auth.guard import authorize
+from api.auth.middleware import AuditTrail, BodyLimit
+from api.auth.tokens import TokenRepo
 from api.context import ApiContext
-from api.routers import events, ops, usage
+from api.routers import admin, events, leaderboard, ops, usage
 from tokentrail import __version__
 from tokentrail.errors import BrokerUnavailable
 from tokentrail.store import StoreError, StoreUnavailable
@@ -17,17 +24,45 @@ from tokentrail.store import StoreError, StoreUnavailable
 log = logging.getLogger(__name__)
 
 
+# Documented on every route (schema-driven clients and tests rely on it).
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid filter, time range or unknown query parameter"},
+    401: {"description": "Missing, invalid or revoked bearer token"},
+    403: {"description": "The token's role or scope does not allow this"},
+    413: {"description": "Request body too large"},
+    422: {"description": "Parameters or body fail validation"},
+    503: {"description": "Broker or history store temporarily unavailable"},
+}
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
+    if ctx.tokens is None:
+        ctx.tokens = TokenRepo(ctx.store, ctx.settings.token_cache_s)
+    if ctx.audit is None:
+        ctx.audit = AuditLog(ctx.store, ctx.settings.audit_flush_s, ctx.settings.audit_flush_rows)
     app = FastAPI(
         title="TokenTrail",
         version=__version__,
-        description="Exact AI token usage and cost per user, team and org; see CONTRACT.md.",
+        description="Exact AI token usage and cost per user, team and org; see CONTRACT.md and docs/access.md.",
+        # Every route passes the access policy (api/auth/policy.py); unlisted routes are admin-only.
+        dependencies=[Depends(authorize)],
+        lifespan=_lifespan,
     )
     app.state.ctx = ctx
-    for router in (events.router, usage.router, ops.router):
-        app.include_router(router)
+    for router in (events.router, usage.router, ops.router, leaderboard.router, admin.router):
+        app.include_router(router, responses=COMMON_RESPONSES)
+    app.add_middleware(AuditTrail)
+    app.add_middleware(BodyLimit)
     _install_error_handlers(app)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    audit: AuditLog | None = app.state.ctx.audit
+    if audit is not None:
+        audit.close()  # flush what is buffered before the store closes
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.auth.audit import AuditLog
+from api.auth.tokens import TokenRepo
 from api.pipeline_stats import LagProbe, StatsReader
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
@@ -44,3 +46,5 @@ class ApiContext:
     ingest: IngestCounters = field(default_factory=IngestCounters)
     started_at: float = field(default_factory=time.time)
     draining: bool = False  # set on shutdown: ingest answers 503 while the rest drains
+    tokens: TokenRepo | None = None  # API tokens (create_app sets it from the store)
+    audit: AuditLog | None = None  # per-person read log (create_app sets it from the store)

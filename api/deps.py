@@ -1,12 +1,19 @@
-"""FastAPI dependencies as annotated aliases (one place for auth and context)."""
+"""FastAPI dependencies as annotated aliases (one place for auth and context).
+
+Access control lives in api/auth: `authorize` runs on every route (the app
+installs it globally) and applies the route's row of api/auth/policy.py.
+Routes that need the decision (forced filters, privacy) take `AccessDep`;
+FastAPI caches it per request, so naming it again costs nothing.
+"""
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
+from api.auth.guard import authorize
+from api.auth.policy import Access
 from api.context import ApiContext
 
 
@@ -16,21 +23,6 @@ def get_context(request: Request) -> ApiContext:
 
 
 ContextDep = Annotated[ApiContext, Depends(get_context)]
-
-
-def require_token(request: Request, ctx: ContextDep) -> None:
-    """Bearer token check. With TOKENTRAIL_ADMIN_TOKEN unset the API is open
-    (local development; `tokentrail up` warns about it)."""
-    expected = ctx.settings.admin_token
-    if not expected:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-
-
-AuthDep = Depends(require_token)
+AccessDep = Annotated[Access, Depends(authorize)]
+require_token = authorize  # the former name; kept for importers
+AuthDep = Depends(authorize)

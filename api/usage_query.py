@@ -32,6 +32,8 @@ class UsageQuery:
     user_id: str | None = None
     org_id: str | None = None
     model: str | None = None
+    # Adds uniqExact(user_id) as the last column (for k-anonymity; api/auth/privacy.py).
+    distinct_users: bool = False
 
     def check(self) -> None:
         if self.granularity not in GRANULARITIES:
@@ -67,6 +69,8 @@ def build_sql(q: UsageQuery) -> tuple[str, dict[str, Any]]:
     groups = list(dict.fromkeys(q.group_by))
     group_cols = [GROUP_COLUMNS[g][0] for g in groups]
     select = [f"{bucket} AS bucket", *group_cols, *(f"sum({s})" for s in SUMS)]
+    if q.distinct_users:
+        select.append("uniqExact(user_id)")
     order = [*group_cols, "bucket"]
     sql = (f"SELECT {', '.join(select)} FROM {table} WHERE {' AND '.join(where)} "
            f"GROUP BY {', '.join(['bucket', *group_cols])} ORDER BY {', '.join(order)} LIMIT {MAX_POINTS + 1}")

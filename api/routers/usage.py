@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import AuthDep, ContextDep
+from api.auth.privacy import suppress_small_groups
+from api.deps import AccessDep, AuthDep, ContextDep
 from api.usage_query import QueryError, UsageQuery, build_sql, to_series
 
 router = APIRouter(prefix="/v1", tags=["usage"], dependencies=[AuthDep])
@@ -31,6 +32,7 @@ def parse_time(value: str | None, name: str, default: datetime) -> datetime:
 @router.get("/usage", summary="Usage and cost time series")
 async def get_usage(
     ctx: ContextDep,
+    access: AccessDep,
     group_by: Annotated[list[str] | None, Query(description="user, org, model, client; repeatable")] = None,
     user_id: Annotated[str | None, Query(max_length=256)] = None,
     org_id: Annotated[str | None, Query(max_length=256)] = None,
@@ -42,10 +44,16 @@ async def get_usage(
     end = parse_time(to, "to", datetime.now(UTC))
     start = parse_time(from_, "from", end - timedelta(hours=24))
     q = UsageQuery(start=start, end=end, granularity=granularity, group_by=group_by or [],
-                   user_id=user_id, org_id=org_id, model=model)
+                   user_id=user_id, org_id=org_id, model=model, distinct_users=access.private)
     try:
         sql, params = build_sql(q)
         rows = await run_in_threadpool(ctx.store.query, sql, params)
-        return {"series": to_series(q, rows)}
+        body: dict[str, Any] = {}
+        if access.private:  # k-anonymity: points covering fewer than k users are left out
+            rows, hidden = suppress_small_groups(rows, ctx.settings.k_anonymity)
+            body["privacy"] = {"k": ctx.settings.k_anonymity, "suppressed_points": hidden}
+        series = to_series(q, rows)
+        access.result_size = len(series)
+        return {"series": series, **body}
     except QueryError as exc:
         raise HTTPException(400, str(exc)) from None
