@@ -59,6 +59,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from tokentrail.runtime import serve
+
+    settings = _settings(args)
+    serve.run(settings, _bootstrap(settings), with_sink=False)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from tokentrail.runtime import serve
+
+    settings = _settings(args)
+    serve.run_sink(settings, _bootstrap(settings))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream_processors import worker
 
@@ -88,6 +104,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from api.auth import cli as tokens_cli
+
+    return tokens_cli.run(args, Settings())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokentrail", description="Honest measurement of AI token usage.")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (env TOKENTRAIL_LOG_LEVEL)")
@@ -100,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="also run the simulator against the API")
     up.set_defaults(func=cmd_up)
 
-    for name, func, text in (("serve", cmd_serve, "API + history sink (owns the store)"),
+    for name, func, text in (("serve", cmd_serve, "API + history sink in one process (owns an embedded store)"),
+                             ("api", cmd_api, "API only (production, with a ClickHouse server)"),
+                             ("sink", cmd_sink, "history sink only (production, with a ClickHouse server)"),
                              ("worker", cmd_worker, "stream processors (Faust)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--bootstrap", help="Kafka bootstrap servers (env TOKENTRAIL_KAFKA_BOOTSTRAP)")
@@ -134,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--humans", type=int, default=250)
     ev.add_argument("--days", type=float, default=7)
     ev.set_defaults(func=cmd_evaluate)
+
+    from api.auth.cli import add_parser as add_tokens_parser
+
+    add_tokens_parser(sub, cmd_tokens)
     return parser
 
 

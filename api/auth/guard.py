@@ -7,7 +7,6 @@ covered too, and a route without a policy row is admin-only.
 from __future__ import annotations
 
 import hmac
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -23,6 +22,7 @@ from api.context import ApiContext
 AUDIT_SCOPE_KEY = "tokentrail.audit"  # holder the audit middleware reads after the response
 ACCESS_STATE = "access"
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+_NAMES: dict[int, tuple[APIRoute, frozenset[str]]] = {}
 
 
 async def authorize(request: Request) -> Access:
@@ -75,9 +75,12 @@ def _reject_unknown(route: APIRoute, query: list[tuple[str, str]]) -> None:
         raise HTTPException(400, f"unknown query parameter(s): {', '.join(unknown)} (accepted: {accepted})")
 
 
-@lru_cache(maxsize=256)
 def _query_names(route: APIRoute) -> frozenset[str]:
-    return frozenset(_aliases(route.dependant))
+    """The query parameters a route declares (cached: routes are unhashable, so by id)."""
+    hit = _NAMES.get(id(route))
+    if hit is None or hit[0] is not route:
+        hit = _NAMES[id(route)] = (route, frozenset(_aliases(route.dependant)))
+    return hit[1]
 
 
 def _aliases(dependant: Dependant) -> list[str]:

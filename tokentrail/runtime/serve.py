@@ -12,6 +12,7 @@ processors) that never import each other.
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import uvicorn
@@ -65,6 +66,37 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
         if sink is not None:
             sink.stop()
         stats.stop()
+        publisher.close(10)
+        store.close()
+
+
+def run_sink(settings: Settings, bootstrap: str) -> None:
+    """`tokentrail sink`: the history sink alone (production, with a ClickHouse
+    server; run as many as the usage topic has partitions)."""
+    import threading
+
+    from stream_processors.sink import HistorySink
+
+    create_missing(bootstrap, pipeline_topics(settings), settings.replication_factor)
+    store = open_store(str(settings.data_dir / "chdb"), settings.clickhouse_url)
+    store.apply_migrations()
+    publisher = Publisher(bootstrap, settings.usage_topic)
+
+    def to_dead_letters(raw: object, reason: str) -> None:
+        publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
+
+    sink = HistorySink(settings, bootstrap, store, PriceTable.load(settings.prices_file), to_dead_letters)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    sink.start()
+    try:
+        while not stopped.wait(1.0):
+            if sink._thread is not None and not sink._thread.is_alive():
+                raise SystemExit("history sink stopped unexpectedly; see the log above")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.stop()
         publisher.close(10)
         store.close()
 
