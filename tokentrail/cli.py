@@ -107,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_tokens(args: argparse.Namespace) -> int:
     from api.auth import cli as tokens_cli
 
-    return tokens_cli.run(args, Settings())
+    return tokens_cli.run(args, _settings(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,9 +159,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--days", type=float, default=7)
     ev.set_defaults(func=cmd_evaluate)
 
-    from api.auth.cli import add_parser as add_tokens_parser
-
-    add_tokens_parser(sub, cmd_tokens)
+    tokens = sub.add_parser("tokens", help="API tokens: create, list, revoke (docs/access.md)")
+    tokens.add_argument("--url", default=None, help="admin API of a running server (default: the running `up`, "
+                                                    "else the store directly, which needs no `serve` running)")
+    tokens.add_argument("--token", default=None, help="admin bearer token (env TOKENTRAIL_ADMIN_TOKEN)")
+    tokens.add_argument("--data-dir", type=Path, help="embedded store directory (default ./tokentrail-data)")
+    actions = tokens.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a token; its secret is printed once")
+    create.add_argument("--role", required=True, choices=["admin", "org_viewer", "self", "ingest"])
+    create.add_argument("--org-id", default=None, help="org_viewer: the org subtree it may read")
+    create.add_argument("--user-id", default=None, help="self: the user whose data it may read")
+    create.add_argument("--per-person", action="store_true", help="org_viewer: may also read per-person rows")
+    create.add_argument("--name", default="", help="a label, e.g. 'finance dashboard'")
+    actions.add_parser("list", help="list tokens (never their secrets)")
+    revoke = actions.add_parser("revoke", help="revoke a token, effective at once")
+    revoke.add_argument("token_id")
+    tokens.set_defaults(func=cmd_tokens)
     return parser
 
 

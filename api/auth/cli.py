@@ -19,25 +19,6 @@ from tokentrail.errors import TokenTrailError
 from tokentrail.settings import Settings
 
 
-def add_parser(sub: Any, func: Any) -> None:
-    tokens = sub.add_parser("tokens", help="API tokens: create, list, revoke (see docs/access.md)")
-    tokens.add_argument("--url", default=None, help="admin API of a running server (default: the running `up`, "
-                                                    "else the store directly)")
-    tokens.add_argument("--token", default=None, help="admin bearer token (env TOKENTRAIL_ADMIN_TOKEN)")
-    tokens.add_argument("--data-dir", default=None, help="embedded store directory (direct mode)")
-    actions = tokens.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a token; its secret is printed once")
-    create.add_argument("--role", required=True, choices=["admin", "org_viewer", "self", "ingest"])
-    create.add_argument("--org-id", default=None, help="org_viewer: the org subtree it may read")
-    create.add_argument("--user-id", default=None, help="self: the user whose data it may read")
-    create.add_argument("--per-person", action="store_true", help="org_viewer: may read per-person rows")
-    create.add_argument("--name", default="", help="a label, e.g. 'finance dashboard'")
-    actions.add_parser("list", help="list tokens (never their secrets)")
-    revoke = actions.add_parser("revoke", help="revoke a token at once")
-    revoke.add_argument("token_id")
-    tokens.set_defaults(func=func)
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     url = args.url or _running_url(settings)
     result = _via_http(args, url, args.token or settings.admin_token) if url else _direct(args, settings)
@@ -88,8 +69,7 @@ def _direct(args: argparse.Namespace, settings: Settings) -> Any:
     from api.auth.tokens import TokenRepo, TokenSpecError
     from tokentrail.store import open_store
 
-    data_dir = settings.data_dir if args.data_dir is None else type(settings.data_dir)(args.data_dir)
-    with open_store(str(data_dir / "chdb"), settings.clickhouse_url) as store:
+    with open_store(str(settings.data_dir / "chdb"), settings.clickhouse_url) as store:
         store.apply_migrations()
         repo = TokenRepo(store, cache_s=0)
         if args.action == "create":

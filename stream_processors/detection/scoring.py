@@ -128,15 +128,15 @@ STALE_MS = 2 * HOUR_MS  # a stream silent this long no longer testifies
 def stream_cadence(s: Stream) -> Signal:
     """A clock inside one stream: a tight robust spread of gaps, or gaps that stay within a
     narrow band (a sleep(uniform(a, b)) loop). People's fastest stretches and agent tool
-    loops have heavy-tailed gaps and score ~0 here. Held for an hour, or near-identical
+    loops have heavy-tailed gaps and score ~0 here. Held for 45 minutes, or near-identical
     over a full ring of gaps (the early path), this is enough on its own."""
     if s.regular_since == 0:
         return Signal("cadence", 0.0, 0.7, "")
     dur = s.last_ts - s.regular_since
     tight = _clamp((0.32 - s.rsd) / 0.17)
-    bounded = _clamp((BOUNDED_SPAN - s.span) / 0.3)
+    bounded = _clamp((1.2 - s.span) / 0.4)  # people's gaps: log(q95 / q5) ≥ 1.2
     strength = max(tight, bounded) * _clamp(dur / (20 * 60_000))
-    held = 1.0 if s.near >= 0.8 and s.n > RING else _clamp((dur - 20 * 60_000) / (40 * 60_000))
+    held = 1.0 if s.near >= 0.8 and s.n > RING else _clamp((dur - 15 * 60_000) / (30 * 60_000))
     reason = (f"requests every {s.med_gap:.1f} s ± {s.med_gap * s.rsd:.1f} s for {_duration(dur)} "
               f"from {s.label}")
     return Signal("cadence", strength, 0.7 + 0.35 * held, reason)
