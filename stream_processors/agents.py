@@ -18,7 +18,7 @@ import orjson
 
 from stream_processors import windows
 from stream_processors.app import Processors
-from tokentrail.envelope import dead_letter, decode_envelope, partition_for
+from tokentrail.envelope import decode_envelope, partition_for
 from tokentrail.pricing import PriceTable
 from tokentrail.settings import Settings
 
@@ -44,7 +44,6 @@ def register(p: Processors, settings: Settings, prices: PriceTable) -> None:
             return
         for key in index.pop_expired(partition, watermark, retention_ms):
             table.pop(key, None)
-    dead_letters = p.app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
 
     @p.app.agent(p.usage, name="usage-windows")
     async def usage_windows(stream: Any) -> None:
@@ -54,14 +53,13 @@ def register(p: Processors, settings: Settings, prices: PriceTable) -> None:
             prog = _progress(p, key)
             if msg.offset <= prog["offset"]:
                 continue  # already applied before a restart; state came back from the changelog
+            # Invalid items are only counted here: the history sink, which reads
+            # the same messages, is the one stage that dead-letters them.
             good, bad = decode_envelope(event.value, prices)
-            for raw, reason in bad:
-                await dead_letters.send(value=dead_letter(raw, reason, "processor"))
             result = windows.apply_batch(good, p.user_windows, prog["watermark_ms"], retention_ms)
-            for bucket_key, bucket in result.user_buckets.items():
-                p.user_windows[bucket_key] = bucket
-                user_expiry.add(msg.partition, bucket_key)
-            _expire(p.user_windows, user_expiry, msg.partition, result.watermark_ms, prog["watermark_ms"])
+            # Org deltas go out before the user buckets are written: if we die
+            # in between, the replay recomputes the same deltas (same source
+            # offset), which org buckets skip; the reverse order could lose them.
             for org, per_minute in result.org_deltas.items():
                 await p.org_deltas.send(
                     key=org.encode(),
@@ -69,6 +67,10 @@ def register(p: Processors, settings: Settings, prices: PriceTable) -> None:
                     value={"org": org, "part": msg.partition, "offset": msg.offset,
                            "minutes": {str(m): s for m, s in per_minute.items()}},
                 )
+            for bucket_key, bucket in result.user_buckets.items():
+                p.user_windows[bucket_key] = bucket
+                user_expiry.add(msg.partition, bucket_key)
+            _expire(p.user_windows, user_expiry, msg.partition, result.watermark_ms, prog["watermark_ms"])
             prog.update(
                 processed=prog["processed"] + result.counted, duplicates=prog["duplicates"] + result.duplicates,
                 late=prog["late"] + result.late, invalid=prog["invalid"] + len(bad),

@@ -84,7 +84,11 @@ class RunningStack:
         deadline = time.monotonic() + timeout_s
         snap: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            snap = self.pipeline()
+            try:
+                snap = self.pipeline()
+            except (httpx.HTTPError, ValueError):  # the API is restarting
+                time.sleep(0.5)
+                continue
             done = snap["stored"] >= expect_stored
             if expect_processed is not None:
                 done = done and snap["processed"] >= expect_processed

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -45,7 +46,7 @@ def _via_http(args: argparse.Namespace, url: str, token: str | None) -> Any:
     if args.action == "create":
         return _call("POST", base, token, _spec(args))
     if args.action == "revoke":
-        return _call("DELETE", f"{base}/{urllib.request.quote(args.token_id, safe='')}", token, None)
+        return _call("DELETE", f"{base}/{urllib.parse.quote(args.token_id, safe='')}", token, None)
     return _call("GET", base, token, None)
 
 

@@ -50,7 +50,8 @@ async def list_tokens(ctx: ContextDep) -> dict[str, Any]:
     return {"tokens": [r.public() for r in records]}
 
 
-@router.delete("/admin/tokens/{token_id}", summary="Revoke a token (effective at once)")
+@router.delete("/admin/tokens/{token_id}", summary="Revoke a token (effective at once)",
+               responses={404: {"description": "No such token"}})
 async def revoke_token(ctx: ContextDep, token_id: Annotated[str, Path(min_length=1, max_length=64)]) -> dict[str, Any]:
     record = await run_in_threadpool(_repo(ctx.tokens).revoke, token_id)
     if record is None:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from stream_processors.detection.features import HOUR_MS, UserFeatures
-from stream_processors.detection.streams import BOUNDED_SPAN, RING, Stream
+from stream_processors.detection.streams import RING, Stream
 
 BIAS = 0.95  # weighted evidence at which the score is 0.5
 STEEPNESS = 6.0
@@ -123,6 +123,7 @@ def size_regularity(f: UserFeatures) -> Signal:
 
 
 STALE_MS = 2 * HOUR_MS  # a stream silent this long no longer testifies
+EXACT_RUN = 200  # near-identical gaps over this many requests: the early path
 
 
 def stream_cadence(s: Stream) -> Signal:
@@ -136,7 +137,7 @@ def stream_cadence(s: Stream) -> Signal:
     tight = _clamp((0.32 - s.rsd) / 0.17)
     bounded = _clamp((1.2 - s.span) / 0.4)  # people's gaps: log(q95 / q5) ≥ 1.2
     strength = max(tight, bounded) * _clamp(dur / (20 * 60_000))
-    held = 1.0 if s.near >= 0.8 and s.n > RING else _clamp((dur - 15 * 60_000) / (30 * 60_000))
+    held = 1.0 if s.near >= 0.8 and s.n >= EXACT_RUN else _clamp((dur - 15 * 60_000) / (30 * 60_000))
     reason = (f"requests every {s.med_gap:.1f} s ± {s.med_gap * s.rsd:.1f} s for {_duration(dur)} "
               f"from {s.label}")
     return Signal("cadence", strength, 0.7 + 0.35 * held, reason)
@@ -144,7 +145,7 @@ def stream_cadence(s: Stream) -> Signal:
 
 def stream_repetition(s: Stream) -> Signal:
     share = s.repeat_share()
-    strength = _clamp((share - 0.2) / 0.4) * _clamp((s.n - 8) / 24)
+    strength = _clamp((share - 0.2) / 0.4) * _clamp((s.n - 6) / 14)
     return Signal("repetition", strength, 1.0,
                   f"same prompts again in {share:.0%} of the last {s.recent()} requests from {s.label}")
 

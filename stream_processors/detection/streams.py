@@ -69,13 +69,13 @@ class Stream:
         self.big_bits = ((self.big_bits << 1) | (uncached >= BIG_CONTEXT)) & _MASK64
         self.n += 1
         self.last_ts = max(self.last_ts, ts)
-        if self.n % CHECK_EVERY == 0:
-            self._measure()
+        if self.n % (CHECK_EVERY if self.n > RING else CHECK_EVERY // 2) == 0:
+            self._measure()  # twice as often while the ring fills: first evidence sooner
 
     def _measure(self) -> None:
         """Median gap, robust spread and near-identical share of the recent gaps."""
         count = min(self.n - 1, RING)
-        if count < 16:
+        if count < 12:
             return
         gaps = sorted(self.gaps[:count])
         med = gaps[count // 2]
