@@ -20,7 +20,7 @@ the sink stores it in history like any other event.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,11 +150,12 @@ class ExpiryIndex:
         self._by_minute: dict[int, dict[int, set[str]]] = {}
         self._loaded: set[int] = set()
 
-    def ensure_loaded(self, partition: int, keys: Iterable[str]) -> None:
+    def ensure_loaded(self, partition: int, keys: Callable[[], Iterable[str]]) -> None:
+        """Index the partition's restored keys, once (``keys`` is only called then)."""
         if partition in self._loaded:
             return
         self._loaded.add(partition)
-        for key in keys:
+        for key in keys():
             self.add(partition, key)
 
     def add(self, partition: int, key: str) -> None:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     window_retention_hours: int = Field(26, ge=1, description="live minute windows kept, event time")
     session_timeout_ms: int = Field(10_000, ge=1000)
     stats_interval_s: float = Field(2.0, gt=0)
+    processor_batch_messages: int = Field(200, ge=1, description="envelopes taken per processor batch")
+    processor_batch_s: float = Field(0.5, gt=0, description="longest wait to fill a processor batch")
 
     # Sink.
     sink_group: str = "tokentrail-sink"

@@ -108,6 +108,9 @@ def decide(principal: Principal, policy: Policy, query: list[tuple[str, str]],
         access = Access(principal)
     access.audited = _audited(policy, access, query)
     access.filters = {**_as_dict(query), **{f"path.{k}": v for k, v in path_params.items()}}
+    for name, value in (("scope.user_id", access.user_id), ("scope.org_id", access.org_id)):
+        if value is not None:
+            access.filters[name] = value
     return access, query
 
 

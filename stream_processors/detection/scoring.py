@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from stream_processors.detection.features import HOUR_MS, UserFeatures
-from stream_processors.detection.streams import RING, Stream
+from stream_processors.detection.streams import Stream
 
 BIAS = 0.95  # weighted evidence at which the score is 0.5
 STEEPNESS = 6.0

@@ -7,11 +7,12 @@ status codes and content types, bodies that match the declared schema.
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -89,11 +90,9 @@ def _operations(app: FastAPI) -> list[Any]:
 def _fuzz(operation: Any, token: str, examples: int) -> None:
     """Schema-valid cases, then schema-invalid ones (which must get a 4xx)."""
     _run(operation.as_strategy(generation_mode=GenerationMode.POSITIVE), token, CHECKS, examples)
-    try:
+    with contextlib.suppress(Unsatisfiable):  # nothing to make invalid: no parameters, no body
         _run(operation.as_strategy(generation_mode=GenerationMode.NEGATIVE), token,
              [*CHECKS, negative_data_rejection], examples)
-    except Unsatisfiable:
-        pass  # nothing to make invalid: the operation takes no parameters or body
 
 
 def _run(strategy: Any, token: str, checks: list[Any], examples: int) -> None:
@@ -125,7 +124,7 @@ def test_fuzz_every_operation_as_scoped_token(app: FastAPI, scoped_tokens: dict[
 
 @given(body=st.one_of(st.binary(max_size=2000),
                       st.lists(st.dictionaries(st.text(max_size=20), st.none() | st.integers() | st.text(max_size=30)),
-                               max_size=5).map(orjson.dumps)),
+                               max_size=5).map(lambda items: json.dumps(items).encode())),
        ndjson=st.booleans())
 @settings(max_examples=60, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_fuzz_event_bodies_never_500(app: FastAPI, body: bytes, ndjson: bool) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tokentrail.store import ChdbStore, Store, StoreError, StoreUnavailable, open_store
+from tokentrail.store.migrations import ddl_dir
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +50,17 @@ def event(event_id: str, org: str, ts: dt.datetime = T0, **overrides: Any) -> li
     return [values[c] for c in COLUMNS]
 
 
+def all_migrations() -> list[Path]:
+    """Every versioned DDL file, in order: each must be applied exactly once."""
+    files = sorted(ddl_dir().glob("[0-9][0-9][0-9]_*.sql"))
+    assert files and files[0].name == "001_usage.sql"
+    return files
+
+
 def check_migrations_idempotent(store: Store) -> None:
     assert store.apply_migrations() == []
-    assert store.query("SELECT version, name FROM schema_migrations") == [(1, "001_usage.sql")]
+    ledger = store.query("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert ledger == [(int(f.name[:3]), f.name) for f in all_migrations()]
     tables = {r[0] for r in store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")}
     assert {"usage_events", "event_ids", "usage_minute", "usage_hour"} <= tables
 
@@ -163,7 +172,7 @@ CHECKS = [
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     opened = open_store(str(tmp_path / "chdb"), None)
-    assert opened.apply_migrations() == ["001_usage.sql"]
+    assert opened.apply_migrations() == [f.name for f in all_migrations()]
     yield opened
     opened.close()
 

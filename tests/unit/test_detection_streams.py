@@ -48,14 +48,14 @@ def _run(events: list[tuple[int, dict]]) -> tuple[Detector, list]:
     for i, (ts, e) in enumerate(sorted(events, key=lambda x: x[0])):
         wire = {"event_id": f"e{i}", "ts_ms": ts, "user_id": "u", "org_id": "o", "output_tokens": 100,
                 "cache_write_tokens": 0, **e}
-        alerts += [(ts, a) for a in wire and det.observe(wire) if a.kind == "tokenmaxxing"]
+        alerts += [(ts, a) for a in det.observe(wire) if a.kind == "tokenmaxxing"]
     return det, alerts
 
 
 def test_periodic_stream_under_human_noise_is_detected_within_an_hour() -> None:
     rng = random.Random(1)
     start = T0 + 3 * H
-    det, alerts = _run(_coder(rng, T0, 8) + _loop(rng, start, 3, 45, 0.0, prompts=3))
+    _, alerts = _run(_coder(rng, T0, 8) + _loop(rng, start, 3, 45, 0.0, prompts=3))
     assert alerts and alerts[0][0] - start <= H
     reasons = alerts[0][1].reasons
     assert any(r.startswith("requests every") and r.endswith("from api/gpt-5") for r in reasons), reasons

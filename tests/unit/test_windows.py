@@ -54,7 +54,7 @@ def test_org_delta_applies_once_per_source_offset() -> None:
 def test_expiry_index_pops_only_old_minutes() -> None:
     idx = w.ExpiryIndex()
     old, new = w.user_key("u", T0 // 60_000), w.user_key("u", T0 // 60_000 + 120)
-    idx.ensure_loaded(0, [old, new])
+    idx.ensure_loaded(0, lambda: [old, new])
     assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == [old]
     assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == []
     assert w.id_hash("abc") == w.id_hash("abc") != w.id_hash("abd")
