@@ -21,7 +21,7 @@ import orjson
 
 from stream_processors import windows
 from stream_processors.app import Processors
-from stream_processors.table_writes import BufferedTable
+from stream_processors.table_writes import BufferedTable, ChangelogWriter
 from tokentrail.envelope import decode_envelope, partition_for
 from tokentrail.pricing import PriceTable
 from tokentrail.settings import Settings
@@ -59,11 +59,18 @@ class Expiry:
             self.table.delete(partition, key)
 
 
-def register(p: Processors, settings: Settings, prices: PriceTable) -> None:
+def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: str) -> None:
     retention_ms = settings.window_retention_hours * 3600 * 1000
-    users = BufferedTable(p.user_windows)
-    orgs = BufferedTable(p.org_windows)
-    progress = BufferedTable(p.progress)
+    writer = ChangelogWriter(bootstrap)
+    users = BufferedTable(p.user_windows, writer)
+    orgs = BufferedTable(p.org_windows, writer)
+    # One buffer per agent over the same table: an agent's flush must never
+    # carry the other agent's half-done progress.
+    progress = BufferedTable(p.progress, writer)
+    org_progress = BufferedTable(p.progress, writer)
+
+    async def flush_changelog() -> None:
+        await asyncio.to_thread(writer.flush)
     user_expiry = Expiry(users, settings.partitions, retention_ms)
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
 
@@ -108,30 +115,36 @@ def register(p: Processors, settings: Settings, prices: PriceTable) -> None:
             ]
             if futures:
                 await asyncio.gather(*futures)
+            # Buckets are durable before the progress record that says "applied up
+            # to offset X" is written, and both before Faust commits the offsets.
             users.flush()
+            await flush_changelog()
             progress.flush()
+            await flush_changelog()
 
     @p.app.agent(p.org_deltas, name="org-windows")
     @exit_on_crash
     async def org_windows(stream: Any) -> None:
-        async for event in stream.events():
-            part = event.message.partition
-            key = f"orgd/{part}"
-            prog = _progress(progress, key)
-            before = prog["watermark_ms"]
-            org = event.value["org"]
-            for source_part, source_offset, minute, sums in event.value["entries"]:
-                bucket_key = windows.org_key(org, minute)
-                bucket = windows.apply_org_delta(orgs.get(bucket_key), sums, source_part, source_offset)
-                if bucket is not None:
-                    orgs.set(part, bucket_key, bucket)
-                    org_expiry.add(part, bucket_key)
-                prog["watermark_ms"] = max(prog["watermark_ms"], (minute + 1) * windows.MINUTE_MS - 1)
-            org_expiry.run(part, prog["watermark_ms"], before)
-            prog["messages"] += 1
-            progress.set(part, key, prog)
+        async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
+            for event in batch:
+                part = event.message.partition
+                key = f"orgd/{part}"
+                prog = _progress(org_progress, key)
+                before = prog["watermark_ms"]
+                org = event.value["org"]
+                for source_part, source_offset, minute, sums in event.value["entries"]:
+                    bucket_key = windows.org_key(org, minute)
+                    bucket = windows.apply_org_delta(orgs.get(bucket_key), sums, source_part, source_offset)
+                    if bucket is not None:
+                        orgs.set(part, bucket_key, bucket)
+                        org_expiry.add(part, bucket_key)
+                    prog["watermark_ms"] = max(prog["watermark_ms"], (minute + 1) * windows.MINUTE_MS - 1)
+                org_expiry.run(part, prog["watermark_ms"], before)
+                prog["messages"] += 1
+                org_progress.set(part, key, prog)
             orgs.flush()
-            progress.flush()
+            org_progress.flush()
+            await flush_changelog()
 
     stats_topic = p.app.topic(settings.stats_topic, value_serializer="raw", key_serializer="raw")
     instance = f"{socket.gethostname()}:{os.getpid()}"

@@ -1,20 +1,66 @@
-"""Buffered writes to a Faust table, one changelog record per key per batch.
+"""Buffered writes to Faust tables: one changelog record per key per batch,
+produced by librdkafka.
 
 Every table write is a changelog record, the main cost of Faust state. The
 processors take many envelopes at a time and write each touched key once, to
 the changelog partition of the source partition whose events produced it
-(which is where Faust's own ``table[key] = value`` would put it, if it had
-the event context that ``take_events`` does not give).
+(where Faust's own ``table[key] = value`` would put it, given the event
+context that ``take_events`` does not provide).
+
+The records themselves go through a confluent-kafka producer (C, ~1 µs a
+record) instead of Faust's pure-Python one (~60 µs). They are byte-for-byte
+what Faust writes (JSON key and value; a tombstone for a delete), so Faust's
+own recovery reads them back. ``ChangelogWriter.flush`` blocks until every
+record is acknowledged; the agents call it before asking for the next batch,
+and Faust commits a batch's offsets only after that, so a crash can never
+commit offsets whose state changes were lost.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+
+from tokentrail.errors import BrokerUnavailable
+from tokentrail.publish import producer_config
+
+
+class ChangelogWriter:
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 2}))
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            with self._lock:
+                self._errors.append(str(err))
+
+    def send(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, partition=partition, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain it
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Block until every record sent so far is acknowledged, or raise."""
+        left = self._producer.flush(timeout_s)
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if left or errors:
+            raise BrokerUnavailable(f"changelog writes not acknowledged ({left} pending): {errors[:3]}")
 
 
 class BufferedTable:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, writer: ChangelogWriter | None = None) -> None:
         self.table = table
+        self.writer = writer
+        self.topic = table.changelog_topic.get_topic_name()
         self.pending: dict[Any, tuple[int, Any]] = {}
 
     def get(self, key: Any) -> Any:
@@ -33,14 +79,23 @@ class BufferedTable:
         return list(self.table.data.keys())
 
     def flush(self) -> int:
-        """Apply pending writes locally and send them to the changelog."""
+        """Apply pending writes locally and send them to the changelog.
+
+        With a writer, the caller must call ``writer.flush()`` before the
+        batch's offsets may be committed.
+        """
         data = self.table.data
         for key, (partition, value) in self.pending.items():
             if value is None:
                 data.pop(key, None)
-                self.table.send_changelog(partition, key, None, value_serializer="raw")
             else:
                 data[key] = value
+            if self.writer is not None:
+                self.writer.send(self.topic, partition, orjson.dumps(key),
+                                 None if value is None else orjson.dumps(value))
+            elif value is None:
+                self.table.send_changelog(partition, key, None, value_serializer="raw")
+            else:
                 self.table.send_changelog(partition, key, value)
         n = len(self.pending)
         self.pending = {}

@@ -27,7 +27,7 @@ def processor_topics(settings: Settings) -> list[TopicSpec]:
 def run(settings: Settings, bootstrap: str) -> None:
     create_missing(bootstrap, processor_topics(settings), settings.replication_factor)
     processors = build(settings, bootstrap)
-    register(processors, settings, PriceTable.load(settings.prices_file))
+    register(processors, settings, PriceTable.load(settings.prices_file), bootstrap)
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}.get(settings.log_level, "warn")
     logging.getLogger("faust").setLevel(logging.WARNING)
     worker = faust.Worker(processors.app, loglevel=level, quiet=True)

@@ -1,0 +1,49 @@
+"""Changelog records written by librdkafka must be what Faust itself writes."""
+
+from __future__ import annotations
+
+import orjson
+
+from stream_processors import windows
+from stream_processors.app import build
+from stream_processors.table_writes import BufferedTable
+from tokentrail.settings import Settings
+
+
+def test_records_match_faust_serialisation() -> None:
+    processors = build(Settings(), "127.0.0.1:9")  # no connection is made
+    topic = processors.user_windows.changelog_topic
+    key = windows.user_key("ü\"ser", 29_923_755)
+    value = [1, 2, 3, 4, 5, 15, 9000, [123456789012345678]]
+    faust_key, _ = topic.prepare_key(key, None, None)
+    faust_value, _ = topic.prepare_value(value, None, None)
+    assert orjson.dumps(key) == faust_key
+    assert orjson.dumps(value) == faust_value
+
+
+class FakeTable:
+    """Only what BufferedTable touches; no writer, so nothing is sent."""
+
+    class Topic:
+        def get_topic_name(self) -> str:
+            return "t-changelog"
+
+    def __init__(self) -> None:
+        self.data: dict[str, object] = {"old": [1]}
+        self.changelog_topic = self.Topic()
+        self.sent: list[tuple[int, str, object]] = []
+
+    def send_changelog(self, partition: int, key: str, value: object, value_serializer: str | None = None) -> None:
+        self.sent.append((partition, key, value))
+
+
+def test_each_key_written_once_per_batch_to_its_partition() -> None:
+    table = FakeTable()
+    buffered = BufferedTable(table)
+    buffered.set(2, "a", [1])
+    buffered.set(2, "a", [2])
+    buffered.delete(3, "old")
+    assert buffered.get("a") == [2] and buffered.get("old") is None
+    assert buffered.flush() == 2
+    assert table.sent == [(2, "a", [2]), (3, "old", None)]
+    assert table.data == {"a": [2]}
