@@ -13,6 +13,7 @@ import bisect
 import csv
 import itertools
 import math
+import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,12 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
-DEFAULT_DIR = Path("/work/shared/data/azure-llm-2023")
+# The traces ship beside the repository (../shared/data); TOKENTRAIL_TRACES_DIR
+# points elsewhere. Without them the built-in summary below is used.
+DEFAULT_DIR = Path(
+    os.environ.get("TOKENTRAIL_TRACES_DIR")
+    or Path(__file__).resolve().parents[3] / "shared" / "data" / "azure-llm-2023"
+)
 PROBS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 
 
