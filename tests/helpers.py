@@ -123,3 +123,15 @@ def alive(pid: int) -> bool:
 def post_ndjson(client: httpx.Client, events: list[Any]) -> httpx.Response:
     body = b"\n".join(e if isinstance(e, bytes) else orjson.dumps(e) for e in events)
     return client.post("/v1/events", content=body, headers={"Content-Type": "application/x-ndjson"})
+
+
+def require_docker() -> None:
+    """Skip the calling test cleanly when no Docker daemon is reachable."""
+    import pytest
+
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker daemon reachable ({type(exc).__name__}: {exc}); testcontainers tests need one")

@@ -13,21 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_docker
+
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
-
-
-def _docker_or_skip() -> None:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker daemon reachable ({type(exc).__name__}); Apache Kafka tests need testcontainers")
 
 
 @pytest.fixture(scope="module")
 def kafka_bootstrap() -> Iterator[str]:
-    _docker_or_skip()
+    require_docker()
     from testcontainers.community.kafka import KafkaContainer
 
     # Confluent's build of Apache Kafka 3.6, run in KRaft mode (no ZooKeeper).

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import require_docker
 from tokentrail.store import ClickHouseStore, Store, StoreUnavailable, open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -35,18 +36,9 @@ def _load_checks() -> ModuleType:
 CHECKS: list[Callable[[Store], None]] = _load_checks().CHECKS
 
 
-def _require_docker() -> None:
-    try:
-        import docker
-
-        docker.from_env(timeout=5).ping()
-    except Exception as exc:
-        pytest.skip(f"no Docker daemon reachable ({type(exc).__name__}: {exc})")
-
-
 @pytest.fixture(scope="module")
 def server_url() -> Iterator[str]:
-    _require_docker()
+    require_docker()
     from testcontainers.community.clickhouse import ClickHouseContainer
 
     with ClickHouseContainer(IMAGE) as ch:
