@@ -48,8 +48,8 @@ class Expiry:
         self.retention_ms = retention_ms
         self.index = windows.ExpiryIndex()
 
-    def add(self, partition: int, key: str) -> None:
-        self.index.add(partition, key)
+    def add(self, partition: int, key: str, minute: int | None = None) -> None:
+        self.index.add(partition, key, minute)
 
     def run(self, partition: int, watermark: int, before: int) -> None:
         self.index.ensure_loaded(partition, lambda: _keys_of_partition(self.table.keys(), partition, self.partitions))
@@ -95,7 +95,8 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
                         entries.extend([part, offset, minute, sums] for minute, sums in per_minute.items())
                     for bucket_key, bucket in result.user_buckets.items():
                         users.set(part, bucket_key, bucket)
-                        user_expiry.add(part, bucket_key)
+                    for bucket_key, minute in result.new_buckets:
+                        user_expiry.add(part, bucket_key, minute)
                     user_expiry.run(part, result.watermark_ms, prog["watermark_ms"])
                     prog.update(
                         processed=prog["processed"] + result.counted,

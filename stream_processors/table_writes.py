@@ -30,7 +30,9 @@ from tokentrail.publish import producer_config
 
 class ChangelogWriter:
     def __init__(self, bootstrap: str) -> None:
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 2}))
+        # Delivery reports only for failures: a Python callback per record
+        # would cost more than the record itself.
+        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 2, "delivery.report.only.error": True}))
         self._errors: list[str] = []
         self._lock = threading.Lock()
 
@@ -60,6 +62,10 @@ class BufferedTable:
     def __init__(self, table: Any, writer: ChangelogWriter | None = None) -> None:
         self.table = table
         self.writer = writer
+        # Faust's memory store wraps a plain dict; reading it directly skips
+        # the Mapping protocol (a KeyError per miss), the processors' top cost.
+        inner = getattr(table.data, "data", None)
+        self.local: Any = inner if isinstance(inner, dict) else table.data
         self.topic = table.changelog_topic.get_topic_name()
         self.pending: dict[Any, tuple[int, Any]] = {}
 
@@ -67,7 +73,7 @@ class BufferedTable:
         hit = self.pending.get(key)
         if hit is not None:
             return hit[1]
-        return self.table.data.get(key)
+        return self.local.get(key)
 
     def set(self, partition: int, key: Any, value: Any) -> None:
         self.pending[key] = (partition, value)
@@ -76,7 +82,7 @@ class BufferedTable:
         self.pending[key] = (partition, None)
 
     def keys(self) -> list[Any]:
-        return list(self.table.data.keys())
+        return list(self.local.keys())
 
     def flush(self) -> int:
         """Apply pending writes locally and send them to the changelog.
@@ -84,7 +90,7 @@ class BufferedTable:
         With a writer, the caller must call ``writer.flush()`` before the
         batch's offsets may be committed.
         """
-        data = self.table.data
+        data = self.local
         for key, (partition, value) in self.pending.items():
             if value is None:
                 data.pop(key, None)

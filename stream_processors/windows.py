@@ -68,6 +68,7 @@ class BatchResult:
     """What one batch changes: user buckets to write, org deltas to send, counts."""
 
     user_buckets: dict[str, list[Any]] = field(default_factory=dict)
+    new_buckets: list[tuple[str, int]] = field(default_factory=list)  # (key, minute) not stored before
     org_deltas: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     counted: int = 0
     duplicates: int = 0
@@ -105,7 +106,11 @@ def apply_batch(
         bucket = buckets.get(key)
         if bucket is None:
             stored = lookup.get(key)
-            bucket = [*stored[:N_SUMS], list(stored[N_SUMS])] if stored else [0, 0, 0, 0, 0, 0, 0, []]
+            if stored:
+                bucket = [*stored[:N_SUMS], list(stored[N_SUMS])]
+            else:
+                bucket = [0, 0, 0, 0, 0, 0, 0, []]
+                result.new_buckets.append((key, minute))
             buckets[key] = bucket
         h = id_hash(event["event_id"])
         hashes = bucket[N_SUMS]
@@ -184,8 +189,9 @@ class ExpiryIndex:
         for key in keys():
             self.add(partition, key)
 
-    def add(self, partition: int, key: str) -> None:
-        self._by_minute.setdefault(partition, {}).setdefault(key_minute(key), set()).add(key)
+    def add(self, partition: int, key: str, minute: int | None = None) -> None:
+        minute = key_minute(key) if minute is None else minute
+        self._by_minute.setdefault(partition, {}).setdefault(minute, set()).add(key)
 
     def pop_expired(self, partition: int, watermark_ms: int, retention_ms: int) -> list[str]:
         minutes = self._by_minute.get(partition)
