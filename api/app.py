@@ -16,7 +16,7 @@ from api.auth.guard import authorize
 from api.auth.middleware import AuditTrail, BodyLimit
 from api.auth.tokens import TokenRepo
 from api.context import ApiContext
-from api.routers import admin, events, leaderboard, ops, usage
+from api.routers import admin, alerts, events, leaderboard, ops, usage
 from tokentrail import __version__
 from tokentrail.errors import BrokerUnavailable
 from tokentrail.store import StoreError, StoreUnavailable
@@ -49,7 +49,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.ctx = ctx
-    for router in (events.router, usage.router, ops.router, leaderboard.router, admin.router):
+    for router in (events.router, usage.router, ops.router, leaderboard.router, alerts.router, admin.router):
         app.include_router(router, responses=COMMON_RESPONSES)
     app.add_middleware(AuditTrail)
     app.add_middleware(BodyLimit)

@@ -43,6 +43,9 @@ class ApiContext:
     stats: StatsReader | None = None
     processor_lag: LagProbe | None = None
     sink_lag: LagProbe | None = None
+    detector_lag: LagProbe | None = None
+    alert_sink_stats: Callable[[], dict[str, Any]] | None = None  # the in-process alert sink's counters
+    webhook_stats: Callable[[], dict[str, Any]] | None = None  # webhook deliveries, when configured
     ingest: IngestCounters = field(default_factory=IngestCounters)
     started_at: float = field(default_factory=time.time)
     draining: bool = False  # set on shutdown: ingest answers 503 while the rest drains

@@ -68,6 +68,16 @@ class StatsReader:
                     totals["partitions"] += 1
         return totals
 
+    def detector_totals(self) -> dict[str, int]:
+        totals = {"fed": 0, "duplicates": 0, "invalid": 0, "alerts": 0, "risk_updates": 0, "partitions": 0}
+        with self._lock:
+            for key, value in self.latest.items():
+                if key.startswith("detector/"):
+                    for name in ("fed", "duplicates", "invalid", "alerts", "risk_updates"):
+                        totals[name] += int(value.get(name, 0))
+                    totals["partitions"] += 1
+        return totals
+
     def supervisor(self) -> dict[str, Any]:
         with self._lock:
             return dict(self.latest.get("supervisor", {}))

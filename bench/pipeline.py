@@ -29,14 +29,16 @@ from confluent_kafka import Consumer, TopicPartition
 
 from producers.simulator.calibration import load as load_calibration
 from tests.helpers import RunningStack
+from tokentrail.settings import Settings
 
 DAY_MS = 86_400_000
 START_MS = 1_795_392_000_000  # 2026-11-23T00:00:00Z
 MODELS = ("claude-sonnet-4-5", "claude-opus-4-1", "gpt-5", "gpt-5-mini", "gemini-2.5-pro")
 
 
-def make_bodies(n: int, users: int, orgs: int, batch: int, seed: int = 1) -> list[bytes]:
-    """NDJSON bodies of `batch` events spread over one day of event time."""
+def make_bodies(n: int, users: int, orgs: int, batch: int, seed: int = 1, days: float = 1.0) -> list[bytes]:
+    """NDJSON bodies of `batch` events spread evenly over `days` of event time."""
+    span_ms = int(days * DAY_MS)
     rng = random.Random(seed)
     cal = load_calibration()
     bodies: list[bytes] = []
@@ -44,7 +46,7 @@ def make_bodies(n: int, users: int, orgs: int, batch: int, seed: int = 1) -> lis
     for i in range(n):
         u = rng.randrange(users)
         event = {
-            "event_id": f"b{seed}-{i}", "timestamp": _ts(START_MS + (i * DAY_MS) // n),
+            "event_id": f"b{seed}-{i}", "timestamp": _ts(START_MS + (i * span_ms) // n),
             "user_id": f"user-{u:05d}", "org_id": f"corp/div{u % orgs}/team{u % (orgs * 4)}",
             "model": MODELS[u % len(MODELS)], "input_tokens": int(cal.code_context.sample(rng)),
             "output_tokens": int(cal.code_generated.sample(rng)), "cache_read_tokens": rng.randrange(0, 20000),
@@ -91,18 +93,27 @@ def post_all(url: str, bodies: list[bytes], threads: int) -> float:
 class Sampler(threading.Thread):
     """Samples /v1/pipeline and the stages' RSS every half second."""
 
-    def __init__(self, stack: RunningStack) -> None:
+    def __init__(self, stack: RunningStack, worker_pid: int | None = None) -> None:
         super().__init__(daemon=True)
         self.stack = stack
-        self.samples: list[tuple[float, int, int]] = []  # (t, processed, stored)
+        self.samples: list[tuple[float, int, int, int]] = []  # (t, processed, stored, fed to detection)
         self.stop_flag = threading.Event()
+        self.worker_pid = worker_pid
+        self.worker_rss: dict[int, float] = {}  # millions processed -> processor RSS (MiB) then
+
+    def _note_rss(self, processed: int) -> None:
+        million = processed // 1_000_000
+        if self.worker_pid and million >= 1 and million not in self.worker_rss:
+            self.worker_rss[million] = rss_mib(self.worker_pid)
 
     def run(self) -> None:
         with httpx.Client(base_url=self.stack.url, timeout=30) as client:
             while not self.stop_flag.is_set():
                 try:
                     snap = client.get("/v1/pipeline").json()
-                    self.samples.append((time.perf_counter(), snap["processed"], snap["stored"]))
+                    fed = snap["stages"].get("detector", {}).get("fed", 0)
+                    self.samples.append((time.perf_counter(), snap["processed"], snap["stored"], fed))
+                    self._note_rss(snap["processed"])
                 except (httpx.HTTPError, ValueError, KeyError):
                     pass
                 time.sleep(0.5)
@@ -117,9 +128,20 @@ class Sampler(threading.Thread):
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    return _status_mib(pid, "VmHWM:")
+
+
+def rss_mib(pid: int) -> float:
+    return _status_mib(pid, "VmRSS:")
+
+
+def _status_mib(pid: int, field: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return float("nan")
 
 
@@ -157,6 +179,19 @@ def plain_consumer_rate(bootstrap: str, topic: str, partitions: int, expect: int
     return seen / elapsed, tokens
 
 
+def wait_detected(sampler: Sampler, events: int, started: float, timeout_s: float = 600) -> float:
+    """Seconds from the first POST until detection was fed every event (nan when it is off)."""
+    if not Settings().detection:  # TOKENTRAIL_DETECTION=0: the stack runs no detector stage
+        return float("nan")
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        samples = list(sampler.samples)
+        if samples and samples[-1][3] >= events:
+            return samples[-1][0] - started
+        time.sleep(0.5)
+    return float("nan")
+
+
 def usage_latency(url: str, n: int) -> tuple[float, float]:
     times = []
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -178,21 +213,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=5000, help="events per POST")
     parser.add_argument("--threads", type=int, default=2, help="concurrent POST clients")
     parser.add_argument("--queries", type=int, default=200, help="/v1/usage requests for latency")
+    parser.add_argument("--days", type=float, default=None,
+                        help="event-time span (default: one day per million events, so live state stays bounded)")
     args = parser.parse_args(argv)
 
     print(f"generating {args.events:,} events ...", file=sys.stderr)
-    bodies = make_bodies(args.events, args.users, args.orgs, args.batch)
+    days = args.days if args.days is not None else max(args.events / 1_000_000, 1.0)
+    bodies = make_bodies(args.events, args.users, args.orgs, args.batch, days=days)
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp:
         stack = RunningStack(Path(tmp)).start()
         try:
             names = stage_names(stack)
-            sampler = Sampler(stack)
+            worker_pid = next((pid for pid, name in names.items() if name == "worker"), None)
+            sampler = Sampler(stack, worker_pid)
             sampler.start()
             started = time.perf_counter()
             post_s = post_all(stack.url, bodies, args.threads)
             print(f"posted in {post_s:.1f} s; waiting until stored ...", file=sys.stderr)
             snap = stack.wait_drained(args.events, args.events, timeout_s=3600)
             e2e_s = time.perf_counter() - started
+            detected_s = wait_detected(sampler, args.events, started)
             sampler.stop_flag.set()
             p50, p99 = usage_latency(stack.url, args.queries)
             rss = {names.get(pid, str(pid)): peak_rss_mib(pid) for pid in stack.stage_pids()}
@@ -202,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                 "events": args.events, "post_events_per_s": args.events / post_s,
                 "end_to_end_events_per_s": args.events / e2e_s, "end_to_end_s": e2e_s,
                 "processor_events_per_s": proc_rate, "sink_events_per_s": sampler.rate(2, args.events),
+                "detector_events_per_s": args.events / detected_s, "detected_s": detected_s,
                 "plain_consumer_events_per_s": plain, "processor_to_ceiling": proc_rate / plain,
                 "usage_p50_ms": p50, "usage_p99_ms": p99, "peak_rss_mib": rss,
-                "stored": snap["stored"], "processed": snap["processed"],
+                "stored": snap["stored"], "processed": snap["processed"], "worker_rss": sampler.worker_rss,
             }
         finally:
             stack.stop()
@@ -214,16 +255,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_report(r: dict[str, Any]) -> str:
     rss = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["peak_rss_mib"].items()))
+    growth = ", ".join(f"{m}M: {v:,.0f}" for m, v in sorted(r.get("worker_rss", {}).items()))
     return "\n".join([
         f"TokenTrail pipeline benchmark: {r['events']:,} events (stored {r['stored']:,}, processed {r['processed']:,})",
         f"  POST /v1/events          {r['post_events_per_s']:>10,.0f} events/s",
         f"  end to end (POST->query) {r['end_to_end_events_per_s']:>10,.0f} events/s  ({r['end_to_end_s']:.1f} s)",
         f"  processors (steady)      {r['processor_events_per_s']:>10,.0f} events/s",
         f"  sink (steady)            {r['sink_events_per_s']:>10,.0f} events/s",
+        f"  detection (POST->fed)    {r['detector_events_per_s']:>10,.0f} events/s  "
+        f"({r['detected_s']:.1f} s; nan = TOKENTRAIL_DETECTION=0)",
         f"  plain consumer ceiling   {r['plain_consumer_events_per_s']:>10,.0f} events/s"
         f"  -> processors at {r['processor_to_ceiling']:.1%} of it",
         f"  /v1/usage org/day/hourly p50 {r['usage_p50_ms']:.1f} ms, p99 {r['usage_p99_ms']:.1f} ms",
         f"  peak RSS MiB: {rss}",
+        f"  processor RSS MiB after N million processed: {growth or '-'}",
     ])
 
 

@@ -50,8 +50,9 @@ def processed(consumer: Consumer) -> int:
         msg = consumer.poll(0.2)
         if msg is None:
             return sum(latest.values())
-        if msg.error() is None and msg.key():
-            latest[msg.key()] = orjson.loads(msg.value() or b"{}").get("processed", 0)
+        key = msg.key()
+        if msg.error() is None and key:
+            latest[key] = orjson.loads(msg.value() or b"{}").get("processed", 0)
 
 
 def main(argv: list[str] | None = None) -> int:

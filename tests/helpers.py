@@ -135,3 +135,44 @@ def require_docker() -> None:
         docker.from_env(timeout=5).ping()
     except Exception as exc:
         pytest.skip(f"no Docker daemon reachable ({type(exc).__name__}: {exc}); testcontainers tests need one")
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 that records POSTs; answers `statuses` in turn, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        import http.server
+        import threading
+
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.attempts = 0
+        self.statuses = list(statuses or [])
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    owner.attempts += 1
+                    status = owner.statuses.pop(0) if owner.statuses else 200
+                    if status == 200:
+                        owner.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        lock = threading.Lock()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -83,6 +83,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detector(args: argparse.Namespace) -> int:
+    from stream_processors.detection import agent
+
+    settings = _settings(args)
+    agent.run(settings, _bootstrap(settings))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from producers import replay
 
@@ -125,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("serve", cmd_serve, "API + history sink in one process (owns an embedded store)"),
                              ("api", cmd_api, "API only (production, with a ClickHouse server)"),
                              ("sink", cmd_sink, "history sink only (production, with a ClickHouse server)"),
-                             ("worker", cmd_worker, "stream processors (Faust)")):
+                             ("worker", cmd_worker, "stream processors (Faust)"),
+                             ("detector", cmd_detector, "bot detection: usage -> alerts and risk topics (Faust)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--bootstrap", help="Kafka bootstrap servers (env TOKENTRAIL_KAFKA_BOOTSTRAP)")
         p.add_argument("--port", type=int)

@@ -8,6 +8,7 @@ same environment variables, so every process of a deployment agrees.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,8 +59,32 @@ class Settings(BaseSettings):
     audit_flush_s: float = Field(1.0, gt=0, description="audit log buffer flush interval")
     audit_flush_rows: int = Field(1000, ge=1, description="audit log buffer flushes at this many rows")
 
+    # Detection and alerts (README "Detection and alerts").
+    detection: bool = Field(True, description="run the detector stage in `tokentrail up` (0 = off)")
+    alerts_topic: str = "tokentrail.alerts"
+    risk_topic: str = "tokentrail.risk"
+    detector_recent_ids: int = Field(256, ge=0, le=65_535, description="event-id hashes kept per user to skip "
+                                                                        "re-sent events")
+    detector_batch_messages: int = Field(1000, ge=1, description="envelopes taken per detector batch")
+    detector_batch_s: float = Field(2.0, gt=0, description="longest wait to fill a detector batch; each "
+                                                           "touched user's state is written once per batch")
+    detector_nice: int = Field(10, ge=0, le=19, description="CPU niceness of the detector: under contention, "
+                                                            "usage stays fresh and detection lags")
+    risk_min_change: float = Field(0.05, gt=0, le=1, description="bot_score change that publishes a risk update")
+    alert_sink_group: str = "tokentrail-alert-sink"
+    webhook_urls: str = Field("", description="comma-separated URLs that receive every alert (POST)")
+    webhook_secret: str | None = Field(None, description="HMAC-SHA256 key of X-TokenTrail-Signature")
+    webhook_format: Literal["json", "slack"] = "json"
+    webhook_group: str = "tokentrail-webhooks"
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_attempts: int = Field(6, ge=1, le=20, description="tries per alert and URL (back-off doubles)")
+    webhook_backoff_s: float = Field(0.5, gt=0, description="first retry delay")
+
     prices_file: str | None = None
     log_level: str = "INFO"
+
+    def webhook_url_list(self) -> list[str]:
+        return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]
 
     @field_validator("log_level")
     @classmethod

@@ -49,6 +49,10 @@ def pipeline_snapshot(ctx: ApiContext) -> dict[str, Any]:
             "ingest": ingest,
             "processor": {**proc, "lag": processor_lag},
             "sink": {**sink, "stored_total": stored, "lag": sink_lag},
+            "detector": {**(ctx.stats.detector_totals() if ctx.stats else {}),
+                         "lag": ctx.detector_lag.lag() if ctx.detector_lag else None},
+            "alert_sink": ctx.alert_sink_stats() if ctx.alert_sink_stats else {},
+            "webhooks": ctx.webhook_stats() if ctx.webhook_stats else {},
         },
         "restarts": ctx.stats.supervisor().get("restarts", {}) if ctx.stats else {},
         "uptime_s": round(time.time() - ctx.started_at, 1),
@@ -79,5 +83,9 @@ async def metrics(ctx: ContextDep) -> PlainTextResponse:
     gauge("stored_events", snap["stored"], "Distinct events in the history store")
     gauge("processor_lag_messages", snap["stages"]["processor"]["lag"], "Processor consumer lag (messages)")
     gauge("sink_lag_messages", snap["stages"]["sink"]["lag"], "Sink consumer lag (messages)")
+    gauge("detector_fed_events", snap["stages"]["detector"].get("fed"), "Events fed to bot detection")
+    gauge("detector_lag_messages", snap["stages"]["detector"].get("lag"), "Detector consumer lag (messages)")
+    gauge("alerts_stored", snap["stages"]["alert_sink"].get("alerts"), "Alert rows written by this process")
+    gauge("webhook_failed", snap["stages"]["webhooks"].get("failed"), "Webhook deliveries given up")
     gauge("sink_store_failures", snap["stages"]["sink"].get("store_failures"), "Failed store writes (retried)")
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

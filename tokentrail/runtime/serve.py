@@ -31,7 +31,9 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
     from api.app import create_app
     from api.context import ApiContext
     from api.pipeline_stats import LagProbe, StatsReader
+    from stream_processors.alert_sink import AlertSink
     from stream_processors.sink import HistorySink
+    from stream_processors.webhooks import WebhookDispatcher
 
     create_missing(bootstrap, pipeline_topics(settings), settings.replication_factor)
     store = open_store(str(settings.data_dir / "chdb"), settings.clickhouse_url)
@@ -45,15 +47,29 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
         settings=settings, bootstrap=bootstrap, store=store, prices=prices, publisher=publisher, stats=stats,
         processor_lag=LagProbe(bootstrap, settings.app_id, settings.usage_topic, settings.partitions),
         sink_lag=LagProbe(bootstrap, settings.sink_group, settings.usage_topic, settings.partitions),
+        detector_lag=LagProbe(bootstrap, f"{settings.app_id}-detector", settings.usage_topic, settings.partitions)
+        if settings.detection else None,
     )
-    sink = None
+    sink = alert_sink = webhooks = None
     if with_sink:
         def to_dead_letters(raw: object, reason: str) -> None:
             publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
 
+        def alerts_to_dead_letters(raw: object, reason: str) -> None:
+            publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "alert-sink"))
+
         sink = HistorySink(settings, bootstrap, store, prices, to_dead_letters)
         ctx.sink_stats = lambda: _sink_stats(sink)
         sink.start()
+        # Alerts and bot scores land in the store this process owns; webhooks
+        # deliver alerts on their own consumer group and threads.
+        alert_sink = AlertSink(settings, bootstrap, store, alerts_to_dead_letters)
+        ctx.alert_sink_stats = alert_sink.stats.snapshot
+        alert_sink.start()
+        if settings.webhook_url_list():
+            webhooks = WebhookDispatcher(settings, bootstrap)
+            ctx.webhook_stats = webhooks.stats.snapshot
+            webhooks.start()
     stats.start()
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=settings.host, port=settings.port,
                                            log_level=settings.log_level.lower(), access_log=False))
@@ -65,17 +81,24 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
         ctx.draining = True
         if sink is not None:
             sink.stop()
+        if alert_sink is not None:
+            alert_sink.stop()
+        if webhooks is not None:
+            webhooks.stop()
         stats.stop()
         publisher.close(10)
         store.close()
 
 
 def run_sink(settings: Settings, bootstrap: str) -> None:
-    """`tokentrail sink`: the history sink alone (production, with a ClickHouse
-    server; run as many as the usage topic has partitions)."""
+    """`tokentrail sink`: the history sink, the alert sink and webhooks, without the
+    API (production, with a ClickHouse server; run as many as the usage topic has
+    partitions)."""
     import threading
 
+    from stream_processors.alert_sink import AlertSink
     from stream_processors.sink import HistorySink
+    from stream_processors.webhooks import WebhookDispatcher
 
     create_missing(bootstrap, pipeline_topics(settings), settings.replication_factor)
     store = open_store(str(settings.data_dir / "chdb"), settings.clickhouse_url)
@@ -86,17 +109,27 @@ def run_sink(settings: Settings, bootstrap: str) -> None:
         publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
 
     sink = HistorySink(settings, bootstrap, store, PriceTable.load(settings.prices_file), to_dead_letters)
+    alert_sink = AlertSink(settings, bootstrap, store, to_dead_letters)
+    webhooks = WebhookDispatcher(settings, bootstrap) if settings.webhook_url_list() else None
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     sink.start()
+    alert_sink.start()
+    if webhooks is not None:
+        webhooks.start()
     try:
         while not stopped.wait(1.0):
             if sink._thread is not None and not sink._thread.is_alive():
                 raise SystemExit("history sink stopped unexpectedly; see the log above")
+            if not alert_sink.alive():
+                raise SystemExit("alert sink stopped unexpectedly; see the log above")
     except KeyboardInterrupt:
         pass
     finally:
         sink.stop()
+        alert_sink.stop()
+        if webhooks is not None:
+            webhooks.stop()
         publisher.close(10)
         store.close()
 

@@ -36,6 +36,10 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.dead_letter_topic, 1, delete),
         # Latest stats per stage instance (key = stage/instance id).
         TopicSpec(settings.stats_topic, 1, {"cleanup.policy": "compact", "retention.ms": _WEEK_MS}),
+        # Alerts (JSON, key user_id): the alert sink stores them, webhooks deliver them.
+        TopicSpec(settings.alerts_topic, settings.partitions, delete),
+        # Latest bot score per user (key user_id): compacted, read by the alert sink.
+        TopicSpec(settings.risk_topic, settings.partitions, {"cleanup.policy": "compact", "retention.ms": "-1"}),
     ]
 
 

@@ -1,9 +1,10 @@
 """`tokentrail up`: the whole pipeline on one machine, one command.
 
 Starts the embedded broker (unless TOKENTRAIL_KAFKA_BOOTSTRAP points at a
-Kafka), then supervises two stages: `serve` (API + history sink, owner of the
-store) and `worker` (stream processors). Ctrl-C stops ingest first, lets the
-sink store what was accepted, stops the processors, then the broker.
+Kafka), then supervises the stages: `serve` (API + history and alert sinks,
+owner of the store), `worker` (stream processors) and `detector` (bot
+detection; off with TOKENTRAIL_DETECTION=0). Ctrl-C stops ingest first, lets
+the sinks store what was accepted, stops the processors, then the broker.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def run(settings: Settings, demo: bool = False) -> int:
         Stage("serve", cli_argv("serve"), env, logs / "serve.log"),
         Stage("worker", cli_argv("worker"), env, logs / "worker.log"),
     ]
+    if settings.detection:  # TOKENTRAIL_DETECTION=0 runs without it
+        stages.append(Stage("detector", cli_argv("detector"), env, logs / "detector.log"))
     stats = Publisher(bootstrap, settings.stats_topic)
 
     def publish_restarts(restarts: dict[str, int]) -> None:

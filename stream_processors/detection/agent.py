@@ -1,0 +1,218 @@
+"""`tokentrail detector`: the detection stage, its own Faust app and consumer group.
+
+It reads the usage topic, feeds every event of a partition in offset order (so
+each user's events in their order) to a DetectorStage, and per batch of
+envelopes (``take_events``):
+1. publishes the alerts raised (alerts topic, key user_id) and the bot scores
+   that moved (risk topic, compacted, key user_id);
+2. then writes each touched user's state ONCE to a changelogged table, and the
+   partition's progress (last offset applied) to another.
+A crash between 1 and 2 replays the batch: the alerts come out again with the
+same ids (the sink and webhooks dedupe by id). A crash after 2 skips what the
+progress offset says was applied. Re-sent events (same event_id) among a user's
+last ``detector_recent_ids`` events are not fed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+
+from stream_processors.agents import exit_on_crash
+from stream_processors.detection import Alert
+from stream_processors.detection.stage import DetectorStage, RiskUpdate
+from stream_processors.table_writes import BufferedTable
+from tokentrail import alerts as wire
+from tokentrail.envelope import decode_envelope
+from tokentrail.pricing import PriceTable
+from tokentrail.runtime.topics import TopicSpec, create_missing, pipeline_topics
+from tokentrail.settings import Settings
+
+log = logging.getLogger(__name__)
+TABLES = ("user-state", "progress")
+NEW_PROGRESS = {"offset": -1, "fed": 0, "duplicates": 0, "invalid": 0, "alerts": 0, "risk_updates": 0}
+
+
+def app_id(settings: Settings) -> str:
+    return f"{settings.app_id}-detector"
+
+
+def detector_topics(settings: Settings) -> list[TopicSpec]:
+    """The pipeline's topics plus the two changelogs, all with explicit configs."""
+    compact = {"cleanup.policy": "compact", "retention.ms": "-1"}
+    own = [TopicSpec(f"{app_id(settings)}-{t}-changelog", settings.partitions, compact) for t in TABLES]
+    return pipeline_topics(settings) + own
+
+
+@dataclass
+class DetectorApp:
+    app: faust.App
+    usage: Any  # faust topics/tables are loosely typed
+    alerts: Any
+    risk: Any
+    states: Any
+    progress: Any
+
+
+def build(settings: Settings, bootstrap: str) -> DetectorApp:
+    session_s = settings.session_timeout_ms / 1000
+    app = faust.App(
+        app_id(settings),  # also the consumer group: the detector reads at its own pace
+        broker=f"kafka://{bootstrap}",
+        store="memory://",  # state is rebuilt from the changelog topics on start
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        broker_session_timeout=session_s,
+        broker_heartbeat_interval=max(session_s / 5, 0.5),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=False,
+    )
+    raw: dict[str, Any] = {"value_serializer": "raw", "key_serializer": "raw"}
+    usage = app.topic(settings.usage_topic, partitions=settings.partitions, **raw)
+    alerts = app.topic(settings.alerts_topic, partitions=settings.partitions, **raw)
+    risk = app.topic(settings.risk_topic, partitions=settings.partitions, **raw)
+    # Co-partitioned with the usage topic: a user's state lives with its events.
+    # value_type=bytes: the state is stored as is ("raw"); keys and progress are JSON.
+    states = app.Table("user-state", default=None, partitions=settings.partitions, key_type=str,
+                       value_type=bytes)
+    progress = app.Table("progress", default=None, partitions=settings.partitions, key_type=str)
+    return DetectorApp(app, usage, alerts, risk, states, progress)
+
+
+@dataclass
+class Batch:
+    """What one batch of envelopes produced."""
+
+    touched: dict[str, int] = field(default_factory=dict)  # user -> source partition
+    alerts: list[Alert] = field(default_factory=list)
+    risk: list[RiskUpdate] = field(default_factory=list)
+
+
+def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], events: Iterable[Any],
+         prices: PriceTable, batch: Batch, part: int) -> None:
+    """Feed one partition's envelopes (in offset order) to the stage."""
+    for message in events:
+        offset = message.message.offset
+        if offset <= prog["offset"]:
+            continue  # applied before a restart; the state came back from the changelog
+        good, bad = decode_envelope(message.value, prices)  # the history sink dead-letters bad ones
+        for event in good:
+            user_id = event["user_id"]
+            if user_id not in batch.touched:
+                stage.sync(user_id, states.get(user_id))
+                batch.touched[user_id] = part
+            found = stage.observe(event)
+            if found is None:
+                prog["duplicates"] += 1
+                continue
+            prog["fed"] += 1
+            batch.alerts.extend(found)
+        prog["invalid"] += len(bad)
+        prog["offset"] = offset
+
+
+def finish(stage: DetectorStage, states: BufferedTable, batch: Batch) -> None:
+    """Risk updates of the touched users, and their state written once each."""
+    # An alert raised again within the batch (same id: its window grew) goes out once, last version.
+    batch.alerts = list({a.alert_id: a for a in batch.alerts}.values())
+    alerted = {a.user_id for a in batch.alerts}
+    for user_id, part in batch.touched.items():
+        update = stage.risk_update(user_id, user_id in alerted)
+        if update is not None:
+            batch.risk.append(update)
+        value = stage.state(user_id)
+        if value is None:
+            states.delete(part, user_id)
+        else:
+            states.set(part, user_id, value)
+
+
+def alert_value(alert: Alert, detected_ms: int) -> bytes:
+    return wire.encode(wire.alert_message(
+        alert.alert_id, alert.user_id, alert.org_id, alert.kind, alert.severity, alert.score,
+        (alert.window_start_ms, alert.window_end_ms), detected_ms, alert.reasons))
+
+
+def risk_value(update: RiskUpdate) -> bytes:
+    return wire.encode(wire.risk_message(update.user_id, update.bot_score, update.reasons, update.updated_ms))
+
+
+def register(d: DetectorApp, settings: Settings, prices: PriceTable) -> DetectorStage:
+    stage = DetectorStage(settings.detector_recent_ids, settings.risk_min_change)
+    states = BufferedTable(d.states)
+    progress = BufferedTable(d.progress)
+
+    @d.app.agent(d.usage, name="detector")
+    @exit_on_crash
+    async def detect(stream: Any) -> None:
+        async for envelopes in stream.take_events(settings.detector_batch_messages, settings.detector_batch_s):
+            batch = Batch()
+            progs: dict[int, dict[str, int]] = {}
+            for part, events in _by_partition(envelopes).items():
+                prog = progs[part] = {**NEW_PROGRESS, **(progress.get(f"usage/{part}") or {})}
+                feed(stage, states, prog, events, prices, batch, part)
+            finish(stage, states, batch)
+            await _publish(d, batch)
+            for part, prog in progs.items():
+                prog["alerts"] += sum(1 for a in batch.alerts if batch.touched[a.user_id] == part)
+                prog["risk_updates"] += sum(1 for r in batch.risk if batch.touched[r.user_id] == part)
+                progress.set(part, f"usage/{part}", prog)
+            states.flush()
+            progress.flush()
+
+    stats_topic = d.app.topic(settings.stats_topic, value_serializer="raw", key_serializer="raw")
+    instance = f"{socket.gethostname()}:{os.getpid()}"
+
+    @d.app.timer(settings.stats_interval_s)
+    async def publish_stats() -> None:
+        """Cumulative per-partition progress, for GET /v1/pipeline."""
+        now = int(time.time() * 1000)
+        for key, prog in list(d.progress.data.items()):
+            if prog:
+                value = {**prog, "stage": "detector", "instance": instance, "updated_ms": now}
+                await stats_topic.send(key=f"detector/{key}".encode(), value=orjson.dumps(value))
+
+    return stage
+
+
+async def _publish(d: DetectorApp, batch: Batch) -> None:
+    """Alerts and risk updates, acknowledged before the state that produced them is written."""
+    detected_ms = int(time.time() * 1000)
+    futures = [await d.alerts.send(key=a.user_id.encode(), value=alert_value(a, detected_ms)) for a in batch.alerts]
+    futures += [await d.risk.send(key=r.user_id.encode(), value=risk_value(r)) for r in batch.risk]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+def _by_partition(batch: Iterable[Any]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for event in batch:
+        out.setdefault(event.message.partition, []).append(event)
+    for events in out.values():
+        events.sort(key=lambda e: e.message.offset)
+    return out
+
+
+def run(settings: Settings, bootstrap: str) -> None:
+    if settings.detector_nice:
+        # Detection is off the path that makes usage queryable: when CPU is short,
+        # the processors and the sink go first and detection catches up after
+        # (its lag is in GET /v1/pipeline, stages.detector.lag).
+        os.nice(settings.detector_nice)
+    create_missing(bootstrap, detector_topics(settings), settings.replication_factor)
+    d = build(settings, bootstrap)
+    register(d, settings, PriceTable.load(settings.prices_file))
+    level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}.get(settings.log_level, "warn")
+    logging.getLogger("faust").setLevel(logging.WARNING)
+    faust.Worker(d.app, loglevel=level, quiet=True).execute_from_commandline()

@@ -1,0 +1,146 @@
+"""What the detector stage keeps per user around the pure Detector (no I/O here).
+
+Per user, next to the Detector's own state: the hashes of the most recent event
+ids (so a re-sent event is not fed twice), how many events were fed (which tells
+whether the in-memory copy is the one in the changelogged table), and the last
+bot score published (so risk updates go out when the score moves, not per event).
+``state`` serialises all of it into one table value; ``sync`` loads it back.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stream_processors.detection import Alert, Detector
+from stream_processors.detection.alerts import THRESHOLD
+
+RISK_EVERY = 16  # events of a user between risk checks ...
+RISK_EVERY_MS = 5 * 60_000  # ... or this much of its event time
+_VERSION = 1
+# version, id hashes kept, ring position, events fed, published score, last event time,
+# event time of the last risk check, events since it
+_HEAD = struct.Struct("<BHHqdqqi")
+
+
+def id_hash(event_id: str) -> int:
+    # 32 bits: a false "re-sent" among 256 recent ids happens once in ~16M events,
+    # and costs that one event's contribution to the features, never to usage totals.
+    return zlib.crc32(event_id.encode())
+
+
+class UserMeta:
+    __slots__ = ("fed", "ids", "last_ts", "pos", "published", "risk_n", "risk_ts")
+
+    def __init__(self) -> None:
+        self.ids = array("I")
+        self.pos = 0
+        self.fed = 0
+        self.published = 0.0
+        self.last_ts = 0
+        self.risk_ts = 0
+        self.risk_n = 0
+
+    def remember(self, h: int, capacity: int) -> bool:
+        """Record an id hash; False when it is among the recent ones (a re-send)."""
+        if h in self.ids:
+            return False
+        if len(self.ids) < capacity:
+            self.ids.append(h)
+        elif capacity:
+            self.ids[self.pos] = h
+            self.pos = (self.pos + 1) % capacity
+        return True
+
+
+@dataclass(frozen=True)
+class RiskUpdate:
+    user_id: str
+    bot_score: float
+    reasons: list[str]
+    updated_ms: int  # event time of the user's latest event
+
+
+def stored_fed(value: bytes) -> int:
+    return int(_HEAD.unpack_from(value, 0)[3])
+
+
+class DetectorStage:
+    """A Detector plus the per-user bookkeeping above; fed one wire event at a time."""
+
+    def __init__(self, recent_ids: int = 256, min_change: float = 0.05, detector: Detector | None = None) -> None:
+        self.detector = detector or Detector()
+        self.recent_ids = recent_ids
+        self.min_change = min_change
+        self.meta: dict[str, UserMeta] = {}
+
+    def sync(self, user_id: str, stored: bytes | None) -> None:
+        """Make the in-memory state of ``user_id`` the stored one, unless it already is
+        (after a restart, a rebalance, or an eviction the table is the truth)."""
+        meta = self.meta.get(user_id)
+        if stored is None:
+            if meta is not None:
+                self.forget(user_id)
+            return
+        if meta is not None and meta.fed == stored_fed(stored) and user_id in self.detector.users:
+            return
+        self.load(user_id, stored)
+
+    def load(self, user_id: str, value: bytes) -> None:
+        version, n, pos, fed, published, last_ts, risk_ts, risk_n = _HEAD.unpack_from(value, 0)
+        if version != _VERSION or last_ts < self.detector.now - self.detector.idle_ms:
+            self.forget(user_id)  # unknown layout, or idle long enough that the Detector would forget it
+            return
+        meta = UserMeta()
+        start = _HEAD.size
+        meta.ids = array("I", value[start:start + 4 * n])
+        meta.pos, meta.fed, meta.published, meta.last_ts = pos, fed, published, last_ts
+        meta.risk_ts, meta.risk_n = risk_ts, risk_n
+        self.meta[user_id] = meta
+        self.detector.load_state(user_id, value[start + 4 * n:])
+
+    def forget(self, user_id: str) -> None:
+        self.meta.pop(user_id, None)
+        self.detector.users.pop(user_id, None)
+
+    def observe(self, event: Mapping[str, Any]) -> list[Alert] | None:
+        """Feed one event; None when it is a re-send of a recent event (not fed)."""
+        user_id = event["user_id"]
+        meta = self.meta.get(user_id)
+        if meta is None:
+            meta = self.meta[user_id] = UserMeta()
+        if not meta.remember(id_hash(event["event_id"]), self.recent_ids):
+            return None
+        meta.fed += 1
+        meta.risk_n += 1
+        meta.last_ts = max(meta.last_ts, event["ts_ms"])
+        return self.detector.observe(event)
+
+    def risk_update(self, user_id: str, alerted: bool = False) -> RiskUpdate | None:
+        """A new bot score to publish when it moved by ``min_change`` or crossed the threshold."""
+        meta = self.meta.get(user_id)
+        if meta is None or user_id not in self.detector.users:
+            return None
+        if not alerted and meta.risk_n < RISK_EVERY and meta.last_ts - meta.risk_ts < RISK_EVERY_MS:
+            return None
+        meta.risk_n, meta.risk_ts = 0, meta.last_ts
+        value, reasons = self.detector.risk(user_id)
+        crossed = (value >= THRESHOLD) != (meta.published >= THRESHOLD)
+        if not crossed and abs(value - meta.published) < self.min_change:
+            return None
+        meta.published = value
+        return RiskUpdate(user_id, round(value, 4), reasons, meta.last_ts)
+
+    def state(self, user_id: str) -> bytes | None:
+        """The table value of ``user_id``; None when the Detector has forgotten it."""
+        meta = self.meta.get(user_id)
+        if meta is None or user_id not in self.detector.users:
+            self.meta.pop(user_id, None)
+            return None
+        head = _HEAD.pack(_VERSION, len(meta.ids), meta.pos, meta.fed, meta.published, meta.last_ts,
+                          meta.risk_ts, meta.risk_n)
+        return head + meta.ids.tobytes() + self.detector.state_bytes(user_id)
