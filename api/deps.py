@@ -24,5 +24,4 @@ def get_context(request: Request) -> ApiContext:
 
 ContextDep = Annotated[ApiContext, Depends(get_context)]
 AccessDep = Annotated[Access, Depends(authorize)]
-require_token = authorize  # the former name; kept for importers
 AuthDep = Depends(authorize)

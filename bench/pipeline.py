@@ -32,13 +32,20 @@ from tests.helpers import RunningStack
 from tokentrail.settings import Settings
 
 DAY_MS = 86_400_000
-START_MS = 1_795_392_000_000  # 2026-11-23T00:00:00Z
+
+
+def start_ms(days: float) -> int:
+    """Midnight UTC far enough back that `days` of event time end before now
+    (events more than 24 h in the future are rejected)."""
+    today = int(time.time() * 1000) // DAY_MS * DAY_MS
+    return today - (int(days) + 1) * DAY_MS
 MODELS = ("claude-sonnet-4-5", "claude-opus-4-1", "gpt-5", "gpt-5-mini", "gemini-2.5-pro")
 
 
 def make_bodies(n: int, users: int, orgs: int, batch: int, seed: int = 1, days: float = 1.0) -> list[bytes]:
     """NDJSON bodies of `batch` events spread evenly over `days` of event time."""
     span_ms = int(days * DAY_MS)
+    first_ms = start_ms(days)
     rng = random.Random(seed)
     cal = load_calibration()
     bodies: list[bytes] = []
@@ -46,7 +53,7 @@ def make_bodies(n: int, users: int, orgs: int, batch: int, seed: int = 1, days: 
     for i in range(n):
         u = rng.randrange(users)
         event = {
-            "event_id": f"b{seed}-{i}", "timestamp": _ts(START_MS + (i * span_ms) // n),
+            "event_id": f"b{seed}-{i}", "timestamp": _ts(first_ms + (i * span_ms) // n),
             "user_id": f"user-{u:05d}", "org_id": f"corp/div{u % orgs}/team{u % (orgs * 4)}",
             "model": MODELS[u % len(MODELS)], "input_tokens": int(cal.code_context.sample(rng)),
             "output_tokens": int(cal.code_generated.sample(rng)), "cache_read_tokens": rng.randrange(0, 20000),
@@ -192,12 +199,12 @@ def wait_detected(sampler: Sampler, events: int, started: float, timeout_s: floa
     return float("nan")
 
 
-def usage_latency(url: str, n: int) -> tuple[float, float]:
+def usage_latency(url: str, n: int, day_ms: int) -> tuple[float, float]:
     times = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(n):
             params = {"org_id": f"corp/div{i % 4}", "granularity": "hour",
-                      "from": "2026-11-23T00:00:00Z", "to": "2026-11-24T00:00:00Z"}
+                      "from": _ts(day_ms), "to": _ts(day_ms + DAY_MS)}
             t = time.perf_counter()
             assert client.get("/v1/usage", params=params).status_code == 200
             times.append((time.perf_counter() - t) * 1000)
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             e2e_s = time.perf_counter() - started
             detected_s = wait_detected(sampler, args.events, started)
             sampler.stop_flag.set()
-            p50, p99 = usage_latency(stack.url, args.queries)
+            p50, p99 = usage_latency(stack.url, args.queries, start_ms(days))
             rss = {names.get(pid, str(pid)): peak_rss_mib(pid) for pid in stack.stage_pids()}
             plain, _ = plain_consumer_rate(stack.bootstrap, "tokentrail.usage", 4, args.events)
             proc_rate = sampler.rate(1, args.events)

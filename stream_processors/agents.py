@@ -79,7 +79,7 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def usage_windows(stream: Any) -> None:
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
             deltas: dict[str, list[list[Any]]] = {}
-            for part, events in _by_partition(batch).items():
+            for part, events in by_partition(batch).items():
                 key = f"usage/{part}"
                 prog = _progress(progress, key)
                 for event in events:
@@ -178,7 +178,7 @@ def exit_on_crash(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Aw
     return guarded
 
 
-def _by_partition(batch: Iterable[Any]) -> dict[int, list[Any]]:
+def by_partition(batch: Iterable[Any]) -> dict[int, list[Any]]:
     out: dict[int, list[Any]] = {}
     for event in batch:
         out.setdefault(event.message.partition, []).append(event)

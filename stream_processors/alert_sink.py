@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
+from stream_processors.batch_sink import BatchSink
 from tokentrail.alerts import MessageError, decode_alert, decode_risk
+from tokentrail.publish import Ticket
 from tokentrail.settings import Settings
 from tokentrail.store import Store, StoreError
 
@@ -77,71 +76,19 @@ class AlertSinkStats:
                     "last_error": self.last_error}
 
 
-class AlertSink:
+class AlertSink(BatchSink):
+    name = "alert-sink"
+
     def __init__(self, settings: Settings, bootstrap: str, store: Store,
-                 dead_letter: Callable[[object, str], None] | None = None) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap
+                 dead_letter: Callable[[object, str], Ticket | None] | None = None) -> None:
+        super().__init__(settings, bootstrap, settings.alert_sink_group, [settings.alerts_topic, settings.risk_topic])
         self.store = store
         self.dead_letter = dead_letter or (lambda raw, why: None)
         self.stats = AlertSinkStats()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._alerts: dict[str, tuple[Any, ...]] = {}  # by alert_id: copies in one batch collapse here
         self._risk: dict[str, tuple[Any, ...]] = {}  # by user: the latest in the batch
-        self._offsets: dict[tuple[str, int], int] = {}
-        self._paused = False
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="alert-sink", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop consuming; what was read is stored and committed first."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _consumer(self) -> Consumer:
-        return Consumer({
-            "bootstrap.servers": self.bootstrap,
-            "group.id": self.settings.alert_sink_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": self.settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(self.settings.session_timeout_ms // 5, 500),
-            "max.poll.interval.ms": 600_000,
-            "log_level": 3,
-        })
-
-    def _run(self) -> None:
-        consumer = self._consumer()
-        consumer.subscribe([self.settings.alerts_topic, self.settings.risk_topic],
-                           on_revoke=lambda c, parts: self._flush(c))
-        last_flush = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(num_messages=1000, timeout=0.2):
-                    self._take(msg)
-                if time.monotonic() - last_flush >= self.settings.sink_flush_s:
-                    self._flush(consumer)
-                    last_flush = time.monotonic()
-            self._flush(consumer)
-        except Exception:
-            log.exception("alert sink crashed")
-            raise
-        finally:
-            consumer.close()
-
-    def _take(self, msg: Any) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("alert sink consumer: %s", err)
-            return
+    def take(self, msg: Any) -> None:
         try:
             if msg.topic() == self.settings.alerts_topic:
                 doc = decode_alert(msg.value())
@@ -155,10 +102,12 @@ class AlertSink:
                 if old is None or old[3] <= row[3]:
                     self._risk[doc["user_id"]] = row
         except MessageError as exc:
-            self.dead_letter(msg.value(), f"{msg.topic()}: {exc}")
+            self.track_dead_letter(self.dead_letter(msg.value(), f"{msg.topic()}: {exc}"))
             with self.stats.lock:
                 self.stats.invalid += 1
-        self._offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+
+    def pending_size(self) -> int:
+        return len(self._alerts) + len(self._risk)
 
     def _add_alert(self, row: tuple[Any, ...]) -> None:
         """Keep the latest version (window_end) with the earliest detected_at."""
@@ -168,37 +117,18 @@ class AlertSink:
             row = (*newest[:8], min(old[8], row[8]), newest[9])
         self._alerts[row[0]] = row
 
-    def _flush(self, consumer: Consumer) -> None:
-        """Store what is pending (retrying while the store is down), then commit."""
-        if not self._offsets:
-            return
-        delay = 0.5
-        while True:
-            try:
-                self.store.insert("alerts", ALERT_COLUMNS, first_detections(self.store, self._alerts))
-                self.store.insert("user_risk", RISK_COLUMNS, list(self._risk.values()))
-                break
-            except StoreError as exc:
-                if self._stop.is_set():
-                    log.warning("stopping with unstored alerts (%s); they will be re-read", exc)
-                    return
-                self._on_store_failure(consumer, exc, delay)
-                delay = min(delay * 2, 30.0)
-        if self._paused:
-            consumer.resume(consumer.assignment())
-            self._paused = False
-        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self._offsets.items()], asynchronous=False)
+    def write(self) -> None:
+        self.store.insert("alerts", ALERT_COLUMNS, first_detections(self.store, self._alerts))
+        self.store.insert("user_risk", RISK_COLUMNS, list(self._risk.values()))
+
+    def on_store_failure(self, exc: StoreError) -> None:
+        with self.stats.lock:
+            self.stats.store_failures += 1
+            self.stats.last_error = str(exc)[:500]
+
+    def committed(self) -> None:
         with self.stats.lock:
             self.stats.alerts += len(self._alerts)
             self.stats.risk_updates += len(self._risk)
             self.stats.batches += 1
-        self._alerts, self._risk, self._offsets = {}, {}, {}
-
-    def _on_store_failure(self, consumer: Consumer, exc: StoreError, delay: float) -> None:
-        log.warning("alert store write failed (%s); retrying in %.1f s", exc, delay)
-        with self.stats.lock:
-            self.stats.store_failures += 1
-            self.stats.last_error = str(exc)[:500]
-        consumer.pause(consumer.assignment())
-        self._paused = True
-        consumer.poll(delay)
+        self._alerts, self._risk = {}, {}

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
+from stream_processors.batch_sink import BatchSink
 from tokentrail.envelope import decode_envelope
 from tokentrail.pricing import PriceTable
+from tokentrail.publish import Ticket
 from tokentrail.settings import Settings
 from tokentrail.store import Store, StoreError
 
@@ -83,100 +83,43 @@ class SinkStats:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-class HistorySink:
+class HistorySink(BatchSink):
+    name = "history-sink"
+
     def __init__(
         self, settings: Settings, bootstrap: str, store: Store, prices: PriceTable,
-        dead_letter: Callable[[object, str], None],
+        dead_letter: Callable[[object, str], Ticket | None],
     ) -> None:
-        self.settings = settings
-        self.bootstrap = bootstrap
+        super().__init__(settings, bootstrap, settings.sink_group, [settings.usage_topic])
         self.store = store
         self.prices = prices
         self.dead_letter = dead_letter
         self.stats = SinkStats()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pending: list[dict[str, Any]] = []
-        self._offsets: dict[int, int] = {}
+        self._result = (0, 0)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="history-sink", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop consuming; what was read is stored and committed first."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _consumer(self) -> Consumer:
-        return Consumer({
-            "bootstrap.servers": self.bootstrap,
-            "group.id": self.settings.sink_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": self.settings.session_timeout_ms,
-            "heartbeat.interval.ms": max(self.settings.session_timeout_ms // 5, 500),
-            "max.poll.interval.ms": 600_000,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "log_level": 3,
-        })
-
-    def _run(self) -> None:
-        consumer = self._consumer()
-        consumer.subscribe([self.settings.usage_topic], on_revoke=lambda c, parts: self._flush(c))
-        last_flush = time.monotonic()
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(num_messages=1000, timeout=0.2):
-                    self._take(msg)
-                due = time.monotonic() - last_flush >= self.settings.sink_flush_s
-                if self._pending and (due or len(self._pending) >= self.settings.sink_batch_events):
-                    self._flush(consumer)
-                    last_flush = time.monotonic()
-                elif not self._pending:
-                    last_flush = time.monotonic()
-            self._flush(consumer)
-        except Exception:
-            log.exception("history sink crashed")
-            raise
-        finally:
-            consumer.close()
-
-    def _take(self, msg: Any) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("sink consumer: %s", err)
-            return
+    def take(self, msg: Any) -> None:
         good, bad = decode_envelope(msg.value(), self.prices)
         for raw, reason in bad:
-            self.dead_letter(raw, reason)
+            self.track_dead_letter(self.dead_letter(raw, reason))
         with self.stats.lock:
             self.stats.invalid += len(bad)
         self._pending.extend(good)
-        self._offsets[msg.partition()] = msg.offset() + 1
 
-    def _flush(self, consumer: Consumer) -> None:
-        """Store the pending batch (retrying while the store is down), then commit."""
-        if not self._offsets:
-            return
-        delay = 0.5
-        while True:
-            try:
-                stored, dups = store_batch(self.store, self._pending)
-                break
-            except StoreError as exc:
-                if self._stop.is_set():
-                    # Leave offsets uncommitted: the batch is read again on start.
-                    log.warning("stopping with an unstored batch (%s); it will be re-read", exc)
-                    return
-                self._on_store_failure(consumer, exc, delay)
-                delay = min(delay * 2, 30.0)
-        if self.stats.paused:
-            consumer.resume(consumer.assignment())
-        topic = self.settings.usage_topic
-        consumer.commit(offsets=[TopicPartition(topic, p, o) for p, o in self._offsets.items()], asynchronous=False)
+    def pending_size(self) -> int:
+        return len(self._pending)
+
+    def write(self) -> None:
+        self._result = store_batch(self.store, self._pending)
+
+    def on_store_failure(self, exc: StoreError) -> None:
+        with self.stats.lock:
+            self.stats.store_failures += 1
+            self.stats.last_error = str(exc)[:500]
+            self.stats.paused = True
+
+    def committed(self) -> None:
+        stored, dups = self._result
         with self.stats.lock:
             self.stats.stored += stored
             self.stats.duplicates += dups
@@ -184,14 +127,4 @@ class HistorySink:
             self.stats.paused = False
             self.stats.last_flush_ms = int(time.time() * 1000)
         self._pending = []
-        self._offsets = {}
-
-    def _on_store_failure(self, consumer: Consumer, exc: StoreError, delay: float) -> None:
-        log.warning("store write failed (%s); retrying in %.1f s", exc, delay)
-        with self.stats.lock:
-            self.stats.store_failures += 1
-            self.stats.last_error = str(exc)[:500]
-            self.stats.paused = True
-        # Paused partitions keep the group membership alive without fetching more.
-        consumer.pause(consumer.assignment())
-        consumer.poll(delay)
+        self._result = (0, 0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -29,6 +30,7 @@ SCHEMA: Final = "usage.v1"
 MAX_TOKENS: Final = 10_000_000
 MAX_METADATA_BYTES: Final = 4096
 MAX_LATENCY_MS: Final = 2**31 - 1
+MAX_FUTURE_MS: Final = 24 * 3600 * 1000  # clock skew tolerated for event time
 
 # (field, min length, max length) for required strings.
 _REQUIRED_STRINGS: Final = (
@@ -62,22 +64,29 @@ def _is_int(value: object) -> bool:
     return type(value) is int
 
 
-def parse_timestamp_ms(value: object) -> int:
-    """RFC 3339 timestamp with offset -> integer epoch milliseconds (UTC)."""
+def parse_rfc3339_ms(value: object, field: str = "timestamp") -> int:
+    """Strict RFC 3339 date-time with offset -> integer epoch milliseconds (UTC)."""
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        raise EventError(
-            "timestamp", "must be an RFC 3339 date-time with offset, e.g. 2026-11-23T09:15:02.120Z"
-        )
+        raise EventError(field, "must be an RFC 3339 date-time with offset, e.g. 2026-11-23T09:15:02.120Z")
     text = value.replace("z", "Z").replace("t", "T")
     frac = re.search(r"\.(\d+)", text)
     if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
         text = text.replace(frac.group(0), "." + frac.group(1)[:6])
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise EventError("timestamp", f"is not a valid date-time ({exc})") from None
-    delta = parsed - _EPOCH
+        delta = datetime.fromisoformat(text) - _EPOCH
+    except (ValueError, OverflowError) as exc:  # e.g. year 0 or 10000 after the offset
+        raise EventError(field, f"is not a valid date-time ({exc})") from None
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def parse_timestamp_ms(value: object) -> int:
+    """An event's timestamp: RFC 3339, and within the range event time may take."""
+    ts_ms = parse_rfc3339_ms(value)
+    # One event dated 2099 would move a partition's event-time watermark past
+    # every real event; the history store's DateTime starts at 1970.
+    if not 0 <= ts_ms <= time.time() * 1000 + MAX_FUTURE_MS:
+        raise EventError("timestamp", "must lie between 1970-01-01 and 24 hours from now")
+    return ts_ms
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)

@@ -11,6 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from api.auth.privacy import suppress_small_groups
 from api.deps import AccessDep, AuthDep, ContextDep
 from api.usage_query import QueryError, UsageQuery, build_sql, to_series
+from tokentrail.errors import EventError
+from tokentrail.events import parse_rfc3339_ms
 
 router = APIRouter(prefix="/v1", tags=["usage"], dependencies=[AuthDep])
 
@@ -19,14 +21,14 @@ def parse_time(value: str | None, name: str, default: datetime) -> datetime:
     if value is None:
         return default
     try:
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        raise HTTPException(400, f"'{name}' must be an RFC 3339 date-time, e.g. 2026-11-23T00:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise HTTPException(400, f"'{name}' needs a UTC offset, e.g. 2026-11-23T00:00:00Z")
+        ms = parse_rfc3339_ms(value, name)  # the kernel's strict parser, as for events
+    except EventError as exc:
+        raise HTTPException(400, f"'{name}' must be an RFC 3339 date-time with offset, e.g. "
+                                 f"2026-11-23T00:00:00Z ({exc.rule})") from None
+    parsed = datetime.fromtimestamp(ms / 1000, tz=UTC)
     if not datetime(1970, 1, 1, tzinfo=UTC) <= parsed <= datetime(2200, 1, 1, tzinfo=UTC):
         raise HTTPException(400, f"'{name}' is out of range")
-    return parsed.astimezone(UTC)
+    return parsed
 
 
 @router.get("/usage", summary="Usage and cost time series")

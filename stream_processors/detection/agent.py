@@ -27,7 +27,7 @@ from typing import Any
 import faust
 import orjson
 
-from stream_processors.agents import exit_on_crash
+from stream_processors.agents import by_partition, exit_on_crash
 from stream_processors.detection import Alert
 from stream_processors.detection.stage import DetectorStage, RiskUpdate
 from stream_processors.table_writes import BufferedTable
@@ -159,7 +159,7 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable) -> Detector
         async for envelopes in stream.take_events(settings.detector_batch_messages, settings.detector_batch_s):
             batch = Batch()
             progs: dict[int, dict[str, int]] = {}
-            for part, events in _by_partition(envelopes).items():
+            for part, events in by_partition(envelopes).items():
                 prog = progs[part] = {**NEW_PROGRESS, **(progress.get(f"usage/{part}") or {})}
                 feed(stage, states, prog, events, prices, batch, part)
             finish(stage, states, batch)
@@ -194,14 +194,6 @@ async def _publish(d: DetectorApp, batch: Batch) -> None:
     if futures:
         await asyncio.gather(*futures)
 
-
-def _by_partition(batch: Iterable[Any]) -> dict[int, list[Any]]:
-    out: dict[int, list[Any]] = {}
-    for event in batch:
-        out.setdefault(event.message.partition, []).append(event)
-    for events in out.values():
-        events.sort(key=lambda e: e.message.offset)
-    return out
 
 
 def run(settings: Settings, bootstrap: str) -> None:

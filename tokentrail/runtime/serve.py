@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
+import time
 from typing import Any
 
 import uvicorn
 
 from tokentrail.envelope import dead_letter
 from tokentrail.pricing import PriceTable
-from tokentrail.publish import Publisher
+from tokentrail.publish import Publisher, Ticket
 from tokentrail.runtime.topics import create_missing, pipeline_topics
 from tokentrail.settings import Settings
 from tokentrail.store import open_store
@@ -52,11 +54,11 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
     )
     sink = alert_sink = webhooks = None
     if with_sink:
-        def to_dead_letters(raw: object, reason: str) -> None:
-            publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
+        def to_dead_letters(raw: object, reason: str) -> Ticket:
+            return publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
 
-        def alerts_to_dead_letters(raw: object, reason: str) -> None:
-            publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "alert-sink"))
+        def alerts_to_dead_letters(raw: object, reason: str) -> Ticket:
+            return publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "alert-sink"))
 
         sink = HistorySink(settings, bootstrap, store, prices, to_dead_letters)
         ctx.sink_stats = lambda: _sink_stats(sink)
@@ -73,6 +75,20 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
     stats.start()
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=settings.host, port=settings.port,
                                            log_level=settings.log_level.lower(), access_log=False))
+    sinks = [s for s in (sink, alert_sink) if s is not None]
+    died = threading.Event()
+
+    def watchdog() -> None:
+        """A dead sink thread must not leave an API that looks healthy while
+        history stops: stop serving, so the supervisor restarts the process."""
+        while not server.should_exit:
+            if any(not s.alive() for s in sinks):
+                log.error("a sink thread died; stopping so that the stage is restarted")
+                died.set()
+                server.should_exit = True
+            time.sleep(1.0)
+
+    threading.Thread(target=watchdog, name="sink-watchdog", daemon=True).start()
     try:
         server.run()
     finally:
@@ -86,15 +102,19 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
         if webhooks is not None:
             webhooks.stop()
         stats.stop()
+        for probe in (ctx.processor_lag, ctx.sink_lag, ctx.detector_lag):
+            if probe is not None:
+                probe.close()
         publisher.close(10)
         store.close()
+    if died.is_set():
+        raise SystemExit(70)
 
 
 def run_sink(settings: Settings, bootstrap: str) -> None:
     """`tokentrail sink`: the history sink, the alert sink and webhooks, without the
     API (production, with a ClickHouse server; run as many as the usage topic has
     partitions)."""
-    import threading
 
     from stream_processors.alert_sink import AlertSink
     from stream_processors.sink import HistorySink
@@ -105,8 +125,8 @@ def run_sink(settings: Settings, bootstrap: str) -> None:
     store.apply_migrations()
     publisher = Publisher(bootstrap, settings.usage_topic)
 
-    def to_dead_letters(raw: object, reason: str) -> None:
-        publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
+    def to_dead_letters(raw: object, reason: str) -> Ticket:
+        return publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
 
     sink = HistorySink(settings, bootstrap, store, PriceTable.load(settings.prices_file), to_dead_letters)
     alert_sink = AlertSink(settings, bootstrap, store, to_dead_letters)

@@ -37,8 +37,13 @@ class Stage:
 
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                        start_new_session=True)  # Ctrl-C reaches us, not the stage directly
+        try:
+            self.process = subprocess.Popen(self.argv, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT if out else None,
+                                            start_new_session=True)  # Ctrl-C reaches us, not the stage directly
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy; ours would leak one per restart
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.process.pid)
 

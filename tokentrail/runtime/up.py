@@ -100,6 +100,9 @@ def run(settings: Settings, demo: bool = False) -> int:
         print("\nstopping: ingest first, then draining to the store, then processors and broker ...", flush=True)
         return 0
     finally:
+        # A second Ctrl-C must not cut the orderly stop short and leave stages running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if demo and "demo_stage" in locals() and demo_stage is not None:
             Supervisor([demo_stage]).stop(10)
         supervisor.stop()
