@@ -7,6 +7,7 @@ clients), or writes them to a file with --out (then `tokentrail replay`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 import urllib.error
@@ -34,6 +35,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     events = simulate(args.seed, args.humans, args.days, start_ms, bots_per_archetype=args.bots_per_archetype)
     if args.realtime:
         events = _paced(events)
+        if getattr(args, "backfill", False):
+            # History first (fast), so dashboards have data at once; then live.
+            past = simulate(args.seed, args.humans, args.days, now_ms - span_ms,
+                            bots_per_archetype=args.bots_per_archetype)
+            events = itertools.chain(({**e, "event_id": f"h-{e['event_id']}"} for e in past), events)
     if args.out:
         return _write(Path(args.out), events)
     url = args.url or _running_url(settings)

@@ -114,7 +114,8 @@ def run(settings: Settings, demo: bool = False) -> int:
 
 
 def _start_demo(settings: Settings, env: dict[str, str], logs: Path, url: str) -> Stage:
-    stage = Stage("demo", cli_argv("simulate", "--url", url, "--humans", "40", "--days", "1", "--realtime"),
+    stage = Stage("demo", cli_argv("simulate", "--url", url, "--humans", "40", "--days", "1", "--realtime",
+                           "--backfill"),
                   env, logs / "demo.log")
     stage.start()
     print(f"  demo       simulator posting to {url} (log: {logs / 'demo.log'})", flush=True)
