@@ -97,8 +97,7 @@ class BufferedTable:
             else:
                 data[key] = value
             if self.writer is not None:
-                self.writer.send(self.topic, partition, orjson.dumps(key),
-                                 None if value is None else orjson.dumps(value))
+                self.writer.send(self.topic, partition, orjson.dumps(key), _encode(value))
             elif value is None:
                 self.table.send_changelog(partition, key, None, value_serializer="raw")
             else:
@@ -106,3 +105,10 @@ class BufferedTable:
         n = len(self.pending)
         self.pending = {}
         return n
+
+
+def _encode(value: Any) -> bytes | None:
+    """As Faust encodes a table value: bytes as they are ("raw"), else JSON; None = tombstone."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return orjson.dumps(value)

@@ -21,6 +21,17 @@ def test_records_match_faust_serialisation() -> None:
     assert orjson.dumps(value) == faust_value
 
 
+def test_raw_bytes_values_match_faust_too() -> None:
+    from stream_processors.detection.agent import build as build_detector
+    from stream_processors.table_writes import _encode
+
+    topic = build_detector(Settings(), "127.0.0.1:9").states.changelog_topic
+    state = b"\x00\x01 detector state"
+    assert _encode(state) == topic.prepare_value(state, None, None)[0]
+    assert orjson.dumps("user-1") == topic.prepare_key("user-1", None, None)[0]
+    assert _encode(None) is None
+
+
 class FakeTable:
     """Only what BufferedTable touches; no writer, so nothing is sent."""
 
