@@ -26,10 +26,12 @@ def org_deltas_topic(settings: Settings) -> str:
     return f"{settings.app_id}.{ORG_DELTAS_SUFFIX}"
 
 
-def build(settings: Settings, bootstrap: str) -> Processors:
+def faust_app(app_id: str, settings: Settings, bootstrap: str) -> faust.App:
+    """A Faust app as every TokenTrail stage runs it. The app id is also the
+    consumer group, so each stage reads the usage topic at its own pace."""
     session_s = settings.session_timeout_ms / 1000
-    app = faust.App(
-        settings.app_id,
+    return faust.App(
+        app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",  # state is rebuilt from changelog topics on start
         topic_partitions=settings.partitions,
@@ -40,8 +42,12 @@ def build(settings: Settings, bootstrap: str) -> Processors:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
-        table_cleanup_interval=3600,  # our own expiry timer does event-time cleanup
+        table_cleanup_interval=3600,  # windows expire in event time, by our own code
     )
+
+
+def build(settings: Settings, bootstrap: str) -> Processors:
+    app = faust_app(settings.app_id, settings, bootstrap)
     usage = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw",
                       partitions=settings.partitions)
     org_deltas = app.topic(org_deltas_topic(settings), value_serializer="json", key_serializer="raw",

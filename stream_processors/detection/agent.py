@@ -28,6 +28,7 @@ import faust
 import orjson
 
 from stream_processors.agents import by_partition, exit_on_crash
+from stream_processors.app import faust_app
 from stream_processors.detection import Alert
 from stream_processors.detection.stage import DetectorStage, RiskUpdate
 from stream_processors.table_writes import BufferedTable
@@ -64,20 +65,7 @@ class DetectorApp:
 
 
 def build(settings: Settings, bootstrap: str) -> DetectorApp:
-    session_s = settings.session_timeout_ms / 1000
-    app = faust.App(
-        app_id(settings),  # also the consumer group: the detector reads at its own pace
-        broker=f"kafka://{bootstrap}",
-        store="memory://",  # state is rebuilt from the changelog topics on start
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_disable_leader=True,
-        broker_session_timeout=session_s,
-        broker_heartbeat_interval=max(session_s / 5, 0.5),
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        web_enabled=False,
-    )
+    app = faust_app(app_id(settings), settings, bootstrap)
     raw: dict[str, Any] = {"value_serializer": "raw", "key_serializer": "raw"}
     usage = app.topic(settings.usage_topic, partitions=settings.partitions, **raw)
     alerts = app.topic(settings.alerts_topic, partitions=settings.partitions, **raw)
