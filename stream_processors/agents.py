@@ -147,17 +147,22 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             org_progress.flush()
             await flush_changelog()
 
-    stats_topic = p.app.topic(settings.stats_topic, value_serializer="raw", key_serializer="raw")
+    register_stats(p.app, settings, p.progress, "processor", key_prefix="usage/")
+
+
+def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_prefix: str = "") -> None:
+    """A timer publishing a stage's cumulative per-partition progress to the
+    stats topic (key "<stage>/<progress key>"), for GET /v1/pipeline."""
+    stats_topic = app.topic(settings.stats_topic, value_serializer="raw", key_serializer="raw")
     instance = f"{socket.gethostname()}:{os.getpid()}"
 
-    @p.app.timer(settings.stats_interval_s)
+    @app.timer(settings.stats_interval_s)
     async def publish_stats() -> None:
-        """Cumulative per-partition progress, for GET /v1/pipeline."""
         now = int(time.time() * 1000)
-        for key, prog in list(p.progress.data.items()):
-            if prog and key.startswith("usage/"):
-                value = {**prog, "stage": "processor", "instance": instance, "updated_ms": now}
-                await stats_topic.send(key=f"processor/{key}".encode(), value=orjson.dumps(value))
+        for key, prog in list(progress.data.items()):
+            if prog and key.startswith(key_prefix):
+                value = {**prog, "stage": stage, "instance": instance, "updated_ms": now}
+                await stats_topic.send(key=f"{stage}/{key}".encode(), value=orjson.dumps(value))
 
 
 def exit_on_crash(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-import orjson
 
-from stream_processors.agents import by_partition, exit_on_crash
+from stream_processors.agents import by_partition, exit_on_crash, register_stats
 from stream_processors.app import faust_app
 from stream_processors.detection import Alert
 from stream_processors.detection.stage import DetectorStage, RiskUpdate
@@ -159,17 +157,7 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable) -> Detector
             states.flush()
             progress.flush()
 
-    stats_topic = d.app.topic(settings.stats_topic, value_serializer="raw", key_serializer="raw")
-    instance = f"{socket.gethostname()}:{os.getpid()}"
-
-    @d.app.timer(settings.stats_interval_s)
-    async def publish_stats() -> None:
-        """Cumulative per-partition progress, for GET /v1/pipeline."""
-        now = int(time.time() * 1000)
-        for key, prog in list(d.progress.data.items()):
-            if prog:
-                value = {**prog, "stage": "detector", "instance": instance, "updated_ms": now}
-                await stats_topic.send(key=f"detector/{key}".encode(), value=orjson.dumps(value))
+    register_stats(d.app, settings, d.progress, "detector")
 
     return stage
 
