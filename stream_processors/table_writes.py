@@ -14,6 +14,15 @@ own recovery reads them back. ``ChangelogWriter.flush`` blocks until every
 record is acknowledged; the agents call it before asking for the next batch,
 and Faust commits a batch's offsets only after that, so a crash can never
 commit offsets whose state changes were lost.
+
+End markers. The embedded broker (Tansu 0.6) reports a partition's high
+watermark as the base offset of its LAST BATCH plus one, so after a batch of
+ten records it says the end is 1, not 10. Faust recovers a table by reading
+its changelog up to that high watermark, and would silently stop short of the
+last batch's records. So ``flush`` ends every changelog partition it wrote
+with a one-record batch of its own: a tombstone for ``END_MARKER``, a key no
+table ever holds (deleting it is a no-op). Then the reported end is the true
+end on Tansu, and on Apache Kafka the marker costs one compacted record.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from tokentrail.errors import BrokerUnavailable
 from tokentrail.publish import producer_config
 
+END_MARKER = orjson.dumps("\u0000changelog-end")
+
 
 class ChangelogWriter:
     def __init__(self, bootstrap: str) -> None:
@@ -35,6 +46,7 @@ class ChangelogWriter:
         self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 2, "delivery.report.only.error": True}))
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        self._written: set[tuple[str, int]] = set()  # changelog partitions since the last flush
 
     def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
@@ -42,6 +54,11 @@ class ChangelogWriter:
                 self._errors.append(str(err))
 
     def send(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+        with self._lock:  # two agents share a writer; flush runs in a thread
+            self._written.add((topic, partition))
+        self._produce(topic, partition, key, value)
+
+    def _produce(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, partition=partition, on_delivery=self._on_delivery)
@@ -50,8 +67,19 @@ class ChangelogWriter:
                 self._producer.poll(0.05)  # local queue full: let deliveries drain it
 
     def flush(self, timeout_s: float = 60.0) -> None:
-        """Block until every record sent so far is acknowledged, or raise."""
+        """Block until every record sent so far is acknowledged, or raise.
+
+        Then end each written partition with its own one-record batch (see
+        "End markers" above), acknowledged too.
+        """
+        with self._lock:
+            written, self._written = self._written, set()
         left = self._producer.flush(timeout_s)
+        if not left and written:
+            # Produced only after the batch is acknowledged, so never in one batch with it.
+            for topic, partition in sorted(written):
+                self._produce(topic, partition, END_MARKER, None)
+            left = self._producer.flush(timeout_s)
         with self._lock:
             errors, self._errors = self._errors, []
         if left or errors:
