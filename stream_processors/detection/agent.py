@@ -4,13 +4,18 @@ It reads the usage topic, feeds every event of a partition in offset order (so
 each user's events in their order) to a DetectorStage, and per batch of
 envelopes (``take_events``):
 1. publishes the alerts raised (alerts topic, key user_id) and the bot scores
-   that moved (risk topic, compacted, key user_id);
-2. then writes each touched user's state ONCE to a changelogged table, and the
-   partition's progress (last offset applied) to another.
-A crash between 1 and 2 replays the batch: the alerts come out again with the
-same ids (the sink and webhooks dedupe by id). A crash after 2 skips what the
-progress offset says was applied. Re-sent events (same event_id) among a user's
-last ``detector_recent_ids`` events are not fed again.
+   that moved (risk topic, compacted, key user_id), and waits for their acks;
+2. writes each touched user's state ONCE to a changelogged table, and waits
+   until every record is acknowledged;
+3. only then writes each partition's progress (last offset applied, counters),
+   acknowledged too, before Faust may commit the batch's offsets.
+A crash before 2 completes replays the batch: the alerts come out again with
+the same ids (the sink and webhooks dedupe by id). A crash between 2 and 3
+replays it too, but each user state knows the last envelope applied to it, so
+no event is fed twice and the lost batch's counts are counted once (see
+stage.py). Re-sent events (same event_id) among a user's last
+``detector_recent_ids`` events are not fed again. Once a day of event time per
+partition, users idle past the detector's horizon are deleted from the table.
 """
 
 from __future__ import annotations
@@ -28,17 +33,19 @@ import faust
 from stream_processors.agents import by_partition, exit_on_crash, register_stats
 from stream_processors.app import faust_app
 from stream_processors.detection import Alert
+from stream_processors.detection.features import DAY_MS
 from stream_processors.detection.stage import DetectorStage, RiskUpdate
-from stream_processors.table_writes import BufferedTable
+from stream_processors.table_writes import BufferedTable, ChangelogWriter
 from tokentrail import alerts as wire
-from tokentrail.envelope import decode_envelope
+from tokentrail.envelope import decode_envelope, partition_for
 from tokentrail.pricing import PriceTable
 from tokentrail.runtime.topics import TopicSpec, create_missing, pipeline_topics
 from tokentrail.settings import Settings
 
 log = logging.getLogger(__name__)
 TABLES = ("user-state", "progress")
-NEW_PROGRESS = {"offset": -1, "fed": 0, "duplicates": 0, "invalid": 0, "alerts": 0, "risk_updates": 0}
+NEW_PROGRESS = {"offset": -1, "fed": 0, "duplicates": 0, "invalid": 0, "alerts": 0, "risk_updates": 0,
+                "pruned": 0, "pruned_day": 0}
 
 
 def app_id(settings: Settings) -> str:
@@ -88,22 +95,31 @@ class Batch:
 def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], events: Iterable[Any],
          prices: PriceTable, batch: Batch, part: int) -> None:
     """Feed one partition's envelopes (in offset order) to the stage."""
+    applied = prog["offset"]
     for message in events:
         offset = message.message.offset
-        if offset <= prog["offset"]:
-            continue  # applied before a restart; the state came back from the changelog
+        if offset <= applied:
+            continue  # applied and counted before a restart; state and progress came back from the changelogs
         good, bad = decode_envelope(message.value, prices)  # the history sink dead-letters bad ones
+        fed_here: set[str] = set()
         for event in good:
             user_id = event["user_id"]
             if user_id not in batch.touched:
-                stage.sync(user_id, states.get(user_id))
+                lost = stage.begin(user_id, states.get(user_id), applied)
+                prog["fed"] += lost.fed
+                prog["duplicates"] += lost.duplicates
+                prog["alerts"] += lost.alerts
                 batch.touched[user_id] = part
+            if stage.applied(user_id, offset):
+                continue  # the user's state has this envelope: its progress was lost in a crash
+            fed_here.add(user_id)
             found = stage.observe(event)
             if found is None:
                 prog["duplicates"] += 1
                 continue
             prog["fed"] += 1
             batch.alerts.extend(found)
+        stage.done(fed_here, offset)
         prog["invalid"] += len(bad)
         prog["offset"] = offset
 
@@ -112,8 +128,11 @@ def finish(stage: DetectorStage, states: BufferedTable, batch: Batch) -> None:
     """Risk updates of the touched users, and their state written once each."""
     # An alert raised again within the batch (same id: its window grew) goes out once, last version.
     batch.alerts = list({a.alert_id: a for a in batch.alerts}.values())
-    alerted = {a.user_id for a in batch.alerts}
+    alerted: dict[str, int] = {}
+    for a in batch.alerts:
+        alerted[a.user_id] = alerted.get(a.user_id, 0) + 1
     for user_id, part in batch.touched.items():
+        stage.count_alerts(user_id, alerted.get(user_id, 0))
         update = stage.risk_update(user_id, user_id in alerted)
         if update is not None:
             batch.risk.append(update)
@@ -122,6 +141,19 @@ def finish(stage: DetectorStage, states: BufferedTable, batch: Batch) -> None:
             states.delete(part, user_id)
         else:
             states.set(part, user_id, value)
+
+
+def prune(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], part: int, partitions: int) -> None:
+    """Once per day of event time: delete the partition's users idle past the horizon."""
+    day = stage.detector.now // DAY_MS
+    if day <= prog["pruned_day"]:
+        return
+    prog["pruned_day"] = day
+    mine = {user_id: value for user_id, value in states.local.items()
+            if partition_for(user_id, partitions) == part and user_id not in states.pending}
+    for user_id in stage.idle(mine, stage.detector.now):
+        states.delete(part, user_id)
+        prog["pruned"] += 1
 
 
 def alert_value(alert: Alert, detected_ms: int) -> bytes:
@@ -134,10 +166,11 @@ def risk_value(update: RiskUpdate) -> bytes:
     return wire.encode(wire.risk_message(update.user_id, update.bot_score, update.reasons, update.updated_ms))
 
 
-def register(d: DetectorApp, settings: Settings, prices: PriceTable) -> DetectorStage:
+def register(d: DetectorApp, settings: Settings, prices: PriceTable, bootstrap: str) -> DetectorStage:
     stage = DetectorStage(settings.detector_recent_ids, settings.risk_min_change)
-    states = BufferedTable(d.states)
-    progress = BufferedTable(d.progress)
+    writer = ChangelogWriter(bootstrap)
+    states = BufferedTable(d.states, writer)
+    progress = BufferedTable(d.progress, writer)
 
     @d.app.agent(d.usage, name="detector")
     @exit_on_crash
@@ -149,13 +182,17 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable) -> Detector
                 prog = progs[part] = {**NEW_PROGRESS, **(progress.get(f"usage/{part}") or {})}
                 feed(stage, states, prog, events, prices, batch, part)
             finish(stage, states, batch)
+            for part, prog in progs.items():
+                prune(stage, states, prog, part, settings.partitions)
             await _publish(d, batch)
+            states.flush()
+            await asyncio.to_thread(writer.flush)  # user states durable ...
             for part, prog in progs.items():
                 prog["alerts"] += sum(1 for a in batch.alerts if batch.touched[a.user_id] == part)
                 prog["risk_updates"] += sum(1 for r in batch.risk if batch.touched[r.user_id] == part)
                 progress.set(part, f"usage/{part}", prog)
-            states.flush()
             progress.flush()
+            await asyncio.to_thread(writer.flush)  # ... before the progress that says they are
 
     register_stats(d.app, settings, d.progress, "detector")
 
@@ -171,7 +208,6 @@ async def _publish(d: DetectorApp, batch: Batch) -> None:
         await asyncio.gather(*futures)
 
 
-
 def run(settings: Settings, bootstrap: str) -> None:
     if settings.detector_nice:
         # Detection is off the path that makes usage queryable: when CPU is short,
@@ -180,7 +216,7 @@ def run(settings: Settings, bootstrap: str) -> None:
         os.nice(settings.detector_nice)
     create_missing(bootstrap, detector_topics(settings), settings.replication_factor)
     d = build(settings, bootstrap)
-    register(d, settings, PriceTable.load(settings.prices_file))
+    register(d, settings, PriceTable.load(settings.prices_file), bootstrap)
     level = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}.get(settings.log_level, "warn")
     logging.getLogger("faust").setLevel(logging.WARNING)
     faust.Worker(d.app, loglevel=level, quiet=True).execute_from_commandline()

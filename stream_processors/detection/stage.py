@@ -5,6 +5,14 @@ ids (so a re-sent event is not fed twice), how many events were fed (which tells
 whether the in-memory copy is the one in the changelogged table), and the last
 bot score published (so risk updates go out when the score moves, not per event).
 ``state`` serialises all of it into one table value; ``sync`` loads it back.
+
+Exactly once across crashes. The agent writes a batch's user states, waits for
+them to be acknowledged, and only then writes the partition's progress (offset
+applied, counters). Each user state carries the offset of the last envelope
+applied to it and what that batch counted for the user (fed, duplicates,
+alerts). After a crash between the two writes, an envelope at or below a
+user's offset is not fed again (``applied``), and ``begin`` hands back the
+user's counts of the batch whose progress was lost, to be counted once.
 """
 
 from __future__ import annotations
@@ -21,10 +29,11 @@ from stream_processors.detection.alerts import THRESHOLD
 
 RISK_EVERY = 16  # events of a user between risk checks ...
 RISK_EVERY_MS = 5 * 60_000  # ... or this much of its event time
-_VERSION = 1
+_VERSION = 2
 # version, id hashes kept, ring position, events fed, published score, last event time,
-# event time of the last risk check, events since it
-_HEAD = struct.Struct("<BHHqdqqi")
+# event time of the last risk check, events since it, offset of the last envelope
+# applied, and that batch's fed / duplicates / alerts of this user
+_HEAD = struct.Struct("<BHHqdqqiqiii")
 
 
 def id_hash(event_id: str) -> int:
@@ -34,7 +43,8 @@ def id_hash(event_id: str) -> int:
 
 
 class UserMeta:
-    __slots__ = ("fed", "ids", "last_ts", "pos", "published", "risk_n", "risk_ts")
+    __slots__ = ("batch_alerts", "batch_dups", "batch_fed", "fed", "ids", "last_ts", "offset", "pos",
+                 "published", "risk_n", "risk_ts")
 
     def __init__(self) -> None:
         self.ids = array("I")
@@ -44,6 +54,8 @@ class UserMeta:
         self.last_ts = 0
         self.risk_ts = 0
         self.risk_n = 0
+        self.offset = -1
+        self.batch_fed = self.batch_dups = self.batch_alerts = 0
 
     def remember(self, h: int, capacity: int) -> bool:
         """Record an id hash; False when it is among the recent ones (a re-send)."""
@@ -65,8 +77,25 @@ class RiskUpdate:
     updated_ms: int  # event time of the user's latest event
 
 
+@dataclass(frozen=True)
+class Recount:
+    """A user's counts from a batch whose partition progress was lost in a crash."""
+
+    fed: int = 0
+    duplicates: int = 0
+    alerts: int = 0
+
+
+NOTHING = Recount()
+
+
 def stored_fed(value: bytes) -> int:
     return int(_HEAD.unpack_from(value, 0)[3])
+
+
+def stored_last_ts(value: bytes) -> int:
+    """Event time of the user's latest event, read from a table value without loading it."""
+    return int(_HEAD.unpack_from(value, 0)[5]) if value[0] == _VERSION else 0
 
 
 class DetectorStage:
@@ -90,8 +119,40 @@ class DetectorStage:
             return
         self.load(user_id, stored)
 
+    def begin(self, user_id: str, stored: bytes | None, applied: int) -> Recount:
+        """First touch of ``user_id`` in a batch whose partition progress is at offset ``applied``.
+
+        Syncs with the table, and returns the user's counts of its last batch when
+        that batch's progress was lost (the user's offset is past ``applied``).
+        """
+        self.sync(user_id, stored)
+        meta = self.meta.get(user_id)
+        if meta is None:
+            return NOTHING
+        lost = Recount(meta.batch_fed, meta.batch_dups, meta.batch_alerts) if meta.offset > applied else NOTHING
+        meta.batch_fed = meta.batch_dups = meta.batch_alerts = 0
+        return lost
+
+    def applied(self, user_id: str, offset: int) -> bool:
+        """True when the envelope at ``offset`` was applied to this user before (a replay)."""
+        meta = self.meta.get(user_id)
+        return meta is not None and offset <= meta.offset
+
+    def done(self, user_ids: set[str], offset: int) -> None:
+        """The envelope at ``offset`` is applied to these users."""
+        for user_id in user_ids:
+            meta = self.meta.get(user_id)
+            if meta is not None:
+                meta.offset = offset
+
+    def count_alerts(self, user_id: str, n: int) -> None:
+        meta = self.meta.get(user_id)
+        if meta is not None:
+            meta.batch_alerts = n
+
     def load(self, user_id: str, value: bytes) -> None:
-        version, n, pos, fed, published, last_ts, risk_ts, risk_n = _HEAD.unpack_from(value, 0)
+        (version, n, pos, fed, published, last_ts, risk_ts, risk_n,
+         offset, batch_fed, batch_dups, batch_alerts) = _HEAD.unpack_from(value, 0)
         if version != _VERSION or last_ts < self.detector.now - self.detector.idle_ms:
             self.forget(user_id)  # unknown layout, or idle long enough that the Detector would forget it
             return
@@ -100,6 +161,7 @@ class DetectorStage:
         meta.ids = array("I", value[start:start + 4 * n])
         meta.pos, meta.fed, meta.published, meta.last_ts = pos, fed, published, last_ts
         meta.risk_ts, meta.risk_n = risk_ts, risk_n
+        meta.offset, meta.batch_fed, meta.batch_dups, meta.batch_alerts = offset, batch_fed, batch_dups, batch_alerts
         self.meta[user_id] = meta
         self.detector.load_state(user_id, value[start + 4 * n:])
 
@@ -114,8 +176,10 @@ class DetectorStage:
         if meta is None:
             meta = self.meta[user_id] = UserMeta()
         if not meta.remember(id_hash(event["event_id"]), self.recent_ids):
+            meta.batch_dups += 1
             return None
         meta.fed += 1
+        meta.batch_fed += 1
         meta.risk_n += 1
         meta.last_ts = max(meta.last_ts, event["ts_ms"])
         return self.detector.observe(event)
@@ -142,5 +206,18 @@ class DetectorStage:
             self.meta.pop(user_id, None)
             return None
         head = _HEAD.pack(_VERSION, len(meta.ids), meta.pos, meta.fed, meta.published, meta.last_ts,
-                          meta.risk_ts, meta.risk_n)
+                          meta.risk_ts, meta.risk_n, meta.offset, meta.batch_fed, meta.batch_dups,
+                          meta.batch_alerts)
         return head + meta.ids.tobytes() + self.detector.state_bytes(user_id)
+
+    def idle(self, stored: Mapping[str, bytes], now_ms: int) -> list[str]:
+        """Users of ``stored`` (one partition's table values) idle past the Detector's horizon.
+
+        The agent deletes them from the table (a tombstone each, so the compacted
+        changelog forgets them too); their in-memory copies go now.
+        """
+        cutoff = now_ms - self.detector.idle_ms
+        stale = [user_id for user_id, value in stored.items() if stored_last_ts(value) < cutoff]
+        for user_id in stale:
+            self.forget(user_id)
+        return stale

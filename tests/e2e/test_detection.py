@@ -104,17 +104,11 @@ def test_planted_bots_are_found(tmp_path: Path) -> None:
     ids = [a["alert_id"] for a in got]
     assert len(ids) == len(set(ids))
     by_id = {a["alert_id"]: a["kind"] for a in got}
-    # Every alert the library raises offline is found after the crash ...
-    assert expected.items() <= by_id.items()
-    # ... and, ideally, nothing else. Known gap: on the embedded broker (Tansu
-    # reports a partition's end as its last batch's base offset + 1) Faust's
-    # changelog recovery can stop short of the newest state records, and a
-    # user's detector state restarted from slightly older state can raise an
-    # extra alert. Recorded as an expected failure until recovery reads each
-    # changelog to its real end.
-    if by_id != expected:
-        pytest.xfail(f"{len(by_id) - len(expected)} extra alert(s) after kill -9 of the detector "
-                     "(changelog recovery on Tansu; see the issue notes)")
+    # Exactly the alerts the library raises offline. (This once failed now and
+    # then: Tansu reports a partition's end as its last batch's base offset + 1,
+    # and Faust's recovery stopped short of the newest state records; each
+    # changelog flush now ends with a one-record marker batch, table_writes.py.)
+    assert by_id == expected
     flagged = {a["user_id"] for a in got if a["kind"] == "tokenmaxxing"}
     bots_found = {who[u] for u in flagged if who[u] in BOTS}
     humans_flagged = [u for u in flagged if who[u] not in BOTS]
@@ -181,14 +175,8 @@ def test_kill_9_of_the_detector_feeds_each_event_once(tmp_path: Path) -> None:
     print(f"\nafter kill -9: {len(got)} alerts, offline {len(expected)}, "
           f"same ids: {set(a['alert_id'] for a in got) == set(expected)}")
     by_id = {a["alert_id"]: a["kind"] for a in got}
-    # Every alert the library raises offline is found after the crash ...
-    assert expected.items() <= by_id.items()
-    # ... and, ideally, nothing else. Known gap: on the embedded broker (Tansu
-    # reports a partition's end as its last batch's base offset + 1) Faust's
-    # changelog recovery can stop short of the newest state records, and a
-    # user's detector state restarted from slightly older state can raise an
-    # extra alert. Recorded as an expected failure until recovery reads each
-    # changelog to its real end.
-    if by_id != expected:
-        pytest.xfail(f"{len(by_id) - len(expected)} extra alert(s) after kill -9 of the detector "
-                     "(changelog recovery on Tansu; see the issue notes)")
+    # Exactly the alerts the library raises offline. (This once failed now and
+    # then: Tansu reports a partition's end as its last batch's base offset + 1,
+    # and Faust's recovery stopped short of the newest state records; each
+    # changelog flush now ends with a one-record marker batch, table_writes.py.)
+    assert by_id == expected
