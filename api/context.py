@@ -46,6 +46,7 @@ class ApiContext:
     detector_lag: LagProbe | None = None
     alert_sink_stats: Callable[[], dict[str, Any]] | None = None  # the in-process alert sink's counters
     webhook_stats: Callable[[], dict[str, Any]] | None = None  # webhook deliveries, when configured
+    budget_stats: Callable[[], dict[str, Any]] | None = None  # the budget watcher, when budgets are set
     ingest: IngestCounters = field(default_factory=IngestCounters)
     started_at: float = field(default_factory=time.time)
     draining: bool = False  # set on shutdown: ingest answers 503 while the rest drains

@@ -49,8 +49,11 @@ def encode(message: Mapping[str, Any]) -> bytes:
 def decode_alert(value: bytes | None) -> dict[str, Any]:
     """Message value -> alert dict with the time fields also as ``<name>_ms`` integers."""
     doc = _object(value, ALERT_FIELDS)
-    for name in ("alert_id", "user_id", "org_id", "kind", "severity"):
+    for name in ("alert_id", "org_id", "kind", "severity"):
         _need(isinstance(doc[name], str) and doc[name] != "", name, "a non-empty string")
+    # An org's budget alert is about no one person: its user_id is "".
+    _need(isinstance(doc["user_id"], str) and (doc["user_id"] != "" or doc["kind"] == "budget"), "user_id",
+          "a non-empty string (\"\" only for an org's budget alert)")
     _need(_number(doc["score"]), "score", "a number")
     _need(_strings(doc["reasons"]), "reasons", "a list of strings")
     for name in _ALERT_TIMES:

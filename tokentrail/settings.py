@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     webhook_attempts: int = Field(6, ge=1, le=20, description="tries per alert and URL (back-off doubles)")
     webhook_backoff_s: float = Field(0.5, gt=0, description="first retry delay")
 
+    # Budget alerts (README "Budgets"): checked against the history store.
+    budgets_file: str | None = Field(None, description="JSON file of budgets (org/user, day/month, limit_usd)")
+    budget_check_s: float = Field(30.0, gt=0, description="seconds between budget checks")
+    budget_lookback_days: int = Field(62, ge=1, le=3660, description="periods this far back are checked")
+
     prices_file: str | None = None
     log_level: str = "INFO"
 

@@ -53,6 +53,7 @@ def pipeline_snapshot(ctx: ApiContext) -> dict[str, Any]:
                          "lag": ctx.detector_lag.lag() if ctx.detector_lag else None},
             "alert_sink": ctx.alert_sink_stats() if ctx.alert_sink_stats else {},
             "webhooks": ctx.webhook_stats() if ctx.webhook_stats else {},
+            "budgets": ctx.budget_stats() if ctx.budget_stats else {},
         },
         "restarts": ctx.stats.supervisor().get("restarts", {}) if ctx.stats else {},
         "uptime_s": round(time.time() - ctx.started_at, 1),

@@ -59,3 +59,10 @@ def test_bad_alert_messages_are_named(value: bytes, error: str) -> None:
 def test_bad_risk_messages_are_named() -> None:
     with pytest.raises(MessageError, match="bot_score"):
         decode_risk(encode({**risk_message("u", 0.5, [], T0), "bot_score": 1.5}))
+
+
+def test_only_an_org_budget_alert_is_about_no_one() -> None:
+    doc = decode_alert(orjson.dumps({**sample(), "user_id": "", "kind": "budget"}))
+    assert doc["user_id"] == "" and doc["kind"] == "budget"
+    with pytest.raises(MessageError, match="'user_id'"):
+        decode_alert(orjson.dumps({**sample(), "user_id": "", "kind": "spike"}))

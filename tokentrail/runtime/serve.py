@@ -29,6 +29,23 @@ from tokentrail.store import open_store
 log = logging.getLogger(__name__)
 
 
+def budget_watcher(settings: Settings, store: Any, publisher: Publisher) -> Any:
+    """The budget watcher when a budgets file is set (read and checked now: a bad
+    file stops the start with its reason), else None."""
+    if not settings.budgets_file:
+        return None
+    from stream_processors.budgets.config import load_budgets
+    from stream_processors.budgets.watcher import BudgetWatcher
+
+    budgets = load_budgets(settings.budgets_file)
+
+    def send(key: bytes, value: bytes) -> bool:
+        return publisher.send_raw(settings.alerts_topic, value, key).wait(30)
+
+    log.info("budget alerts: %d budget(s) from %s", len(budgets), settings.budgets_file)
+    return BudgetWatcher(store, budgets, send, settings.budget_check_s, settings.budget_lookback_days)
+
+
 def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
     from api.app import create_app
     from api.context import ApiContext
@@ -52,7 +69,7 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
         detector_lag=LagProbe(bootstrap, f"{settings.app_id}-detector", settings.usage_topic, settings.partitions)
         if settings.detection else None,
     )
-    sink = alert_sink = webhooks = None
+    sink = alert_sink = webhooks = budgets = None
     if with_sink:
         def to_dead_letters(raw: object, reason: str) -> Ticket:
             return publisher.send_raw(settings.dead_letter_topic, dead_letter(raw, reason, "sink"))
@@ -72,6 +89,10 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
             webhooks = WebhookDispatcher(settings, bootstrap)
             ctx.webhook_stats = webhooks.stats.snapshot
             webhooks.start()
+        budgets = budget_watcher(settings, store, publisher)
+        if budgets is not None:
+            ctx.budget_stats = budgets.stats
+            budgets.start()
     stats.start()
     server = uvicorn.Server(uvicorn.Config(create_app(ctx), host=settings.host, port=settings.port,
                                            log_level=settings.log_level.lower(), access_log=False))
@@ -101,6 +122,8 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
             alert_sink.stop()
         if webhooks is not None:
             webhooks.stop()
+        if budgets is not None:
+            budgets.stop()
         stats.stop()
         for probe in (ctx.processor_lag, ctx.sink_lag, ctx.detector_lag):
             if probe is not None:
@@ -131,12 +154,15 @@ def run_sink(settings: Settings, bootstrap: str) -> None:
     sink = HistorySink(settings, bootstrap, store, PriceTable.load(settings.prices_file), to_dead_letters)
     alert_sink = AlertSink(settings, bootstrap, store, to_dead_letters)
     webhooks = WebhookDispatcher(settings, bootstrap) if settings.webhook_url_list() else None
+    budgets = budget_watcher(settings, store, publisher)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     sink.start()
     alert_sink.start()
     if webhooks is not None:
         webhooks.start()
+    if budgets is not None:
+        budgets.start()
     try:
         while not stopped.wait(1.0):
             if sink._thread is not None and not sink._thread.is_alive():
@@ -150,6 +176,8 @@ def run_sink(settings: Settings, bootstrap: str) -> None:
         alert_sink.stop()
         if webhooks is not None:
             webhooks.stop()
+        if budgets is not None:
+            budgets.stop()
         publisher.close(10)
         store.close()
 

@@ -1,0 +1,115 @@
+"""Budget alerts against a real chdb store, the embedded broker and the alert sink."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from stream_processors.alert_sink import AlertSink
+from stream_processors.budgets.config import Budget
+from stream_processors.budgets.watcher import BudgetWatcher
+from tokentrail.publish import Publisher
+from tokentrail.runtime.broker import EmbeddedBroker
+from tokentrail.runtime.topics import create_missing, pipeline_topics
+from tokentrail.settings import Settings
+from tokentrail.store import Store, open_store
+
+pytestmark = pytest.mark.integration
+UTC = dt.UTC
+NOV_20 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+NOW_MS = int(dt.datetime(2026, 11, 29, tzinfo=UTC).timestamp() * 1000)
+USD = 1_000_000_000
+
+
+COLUMNS = ["event_id", "ts", "user_id", "org_id", "model", "provider", "client", "session_id", "input_tokens",
+           "output_tokens", "cache_read_tokens", "cache_write_tokens", "total_tokens", "cost_nanos", "cost_source",
+           "price_version", "latency_ms", "prompt_hash", "metadata", "ingested_at"]
+
+
+def event(event_id: str, org: str, ts: dt.datetime, user_id: str, cost_nanos: int) -> list[Any]:
+    values: dict[str, Any] = {
+        "event_id": event_id, "ts": ts, "user_id": user_id, "org_id": org, "model": "gpt-x",
+        "provider": "openai", "client": "cli", "session_id": "s1", "input_tokens": 10, "output_tokens": 20,
+        "cache_read_tokens": 0, "cache_write_tokens": 0, "total_tokens": 30, "cost_nanos": cost_nanos,
+        "cost_source": "event", "price_version": "", "latency_ms": None, "prompt_hash": "", "metadata": "",
+        "ingested_at": ts,
+    }
+    return [values[c] for c in COLUMNS]
+
+
+def fresh_settings(broker: EmbeddedBroker) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}",
+                 alerts_topic=f"alerts-{tag}", risk_topic=f"risk-{tag}", alert_sink_group=f"as-{tag}",
+                 partitions=2, sink_flush_s=0.2, session_timeout_ms=2000)  # quick group joins on Tansu
+    create_missing(broker.bootstrap, pipeline_topics(s))
+    return s
+
+
+def run_sink(sink: AlertSink, until: Callable[[], bool], timeout_s: float = 60) -> None:
+    sink.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not until() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        sink.stop()
+    assert until(), sink.stats.snapshot()
+
+
+@pytest.fixture()
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    s = open_store(str(tmp_path_factory.mktemp("budgets") / "chdb"), None)
+    s.apply_migrations()
+    yield s
+    s.close()
+
+
+def spend(store: Store, tag: str, minutes: list[int], usd: float, org: str = "acme/eng", user: str = "alice") -> None:
+    rows = [event(f"{tag}-{m}", org, NOV_20 + dt.timedelta(minutes=m), user_id=user,
+                  cost_nanos=round(usd * USD)) for m in minutes]
+    store.insert("usage_events", COLUMNS, rows)
+
+
+def test_crossings_are_alerted_once_stored_and_not_repeated_after_a_restart(
+        broker: EmbeddedBroker, store: Store) -> None:
+    settings = fresh_settings(broker)
+    publisher = Publisher(broker.bootstrap, settings.usage_topic)
+
+    def send(key: bytes, value: bytes) -> bool:
+        return publisher.send_raw(settings.alerts_topic, value, key).wait(30)
+
+    budgets = [Budget(name="acme-month", org_id="acme", period="month", limit_usd=100, thresholds=(0.5, 1.0)),
+               Budget(name="alice-day", user_id="alice", period="day", limit_usd=20)]
+    spend(store, "a", list(range(0, 60, 10)), 10.0)  # alice, $60 by 09:50
+    spend(store, "b", [5], 5.0, org="acme/ops", user="bob")  # $65 for acme by then
+    spend(store, "c", [0], 50.0, org="other", user="carol")  # not acme's, not alice's
+    watcher = BudgetWatcher(store, budgets, send)
+    sent = watcher.check(NOW_MS)
+    got = {(m["kind"], m["user_id"], m["org_id"], m["severity"], m["window_end"]) for m in sent}
+    assert got == {
+        ("budget", "", "acme", "low", "2026-11-20T09:41:00.000Z"),  # acme reached $55 at 09:40 (incl. bob's $5)
+        ("budget", "alice", "acme/eng", "medium", "2026-11-20T09:11:00.000Z"),  # $10 -> $20 at 09:10: 80% ...
+        ("budget", "alice", "acme/eng", "high", "2026-11-20T09:11:00.000Z"),  # ... and 100% in the same minute
+    }
+    assert all(m["window_start"] in ("2026-11-01T00:00:00.000Z", "2026-11-20T00:00:00.000Z") for m in sent)
+    assert watcher.check(NOW_MS) == []  # checked again: nothing new
+
+    sink = AlertSink(settings, broker.bootstrap, store, lambda *_: publisher.send_raw(settings.dead_letter_topic, b""))
+    run_sink(sink, lambda: sink.stats.snapshot()["alerts"] >= 3)
+    stored = store.query("SELECT user_id, kind FROM alerts WHERE kind = 'budget' ORDER BY user_id")
+    assert stored == [("", "budget"), ("alice", "budget"), ("alice", "budget")]
+
+    # A restarted watcher knows what was sent from the store; more spend crosses acme's 100%.
+    restarted = BudgetWatcher(store, budgets, send)
+    spend(store, "d", [100], 40.0)  # 10:40, acme at $105
+    again = restarted.check(NOW_MS)
+    assert [(m["org_id"], m["severity"], m["window_end"]) for m in again] == [
+        ("acme", "high", "2026-11-20T10:41:00.000Z")]
+    assert "acme spent $105.00 of its $100.00 monthly budget 'acme-month'" in again[0]["reasons"][0]
+    publisher.close()
