@@ -36,6 +36,8 @@ _M64 = (1 << 64) - 1
 _SLOT_MASK = (1 << SLOTS) - 1
 _SCALARS = struct.Struct("<qqqqqqqqqqq" + "d" * 24)
 _FLOATS = struct.Struct("<" + "f" * (16 + BLOCKS))
+_TRAILER = struct.Struct("<BQ")  # fields added after the streams, behind a version byte
+TRAILER_VERSION = 2
 
 
 def _mix(prompt_hash: str) -> int:
@@ -88,6 +90,7 @@ class UserFeatures:
         "rep",
         "rep_hits",
         "rep_n",
+        "seq_bits",
         "sessions",
         "slot",
         "slot_mask",
@@ -112,6 +115,7 @@ class UserFeatures:
         self.conc_ts = 0
         self.rep = self.sz_mean = self.sz_m2 = self.big = self.unc_mean = self.cache_share = 0.0
         self.rep_n = 0
+        self.seq_bits = 0  # last 64 sampled prompts: 1 = seen before (a replayed sequence is all 1s)
         self.big_hits = 0.0  # near-limit uncached requests, halved every 6 h
         self.rep_hits = 0.0  # sampled repeats, halved every 6 h: repetition volume, not share
         self.hour_tokens = self.hour_base = self.day_tokens = self.day_base = self.tokens = 0.0
@@ -266,6 +270,7 @@ class UserFeatures:
         self.rep += (1 / 32 if self.rep_n < 32 else A_SHAPE) * (seen - self.rep)
         self.rep_n += 1
         self.rep_hits += seen
+        self.seq_bits = ((self.seq_bits << 1) | seen) & _M64
         self.bloom0 |= bits
         self.bloom_count += 1
         if self.bloom_count >= BLOOM_GEN:  # rotate: remember the last 256..512 sampled prompts
@@ -313,6 +318,11 @@ class UserFeatures:
         """Repeated prompts in roughly the last 6-12 h (sampled 1 in 8, scaled back up)."""
         return self.rep_hits * (SAMPLE_MASK + 1)
 
+    def recent_repeats(self, sampled: int = 16) -> tuple[int, int]:
+        """(repeats, sampled prompts) among the last ``sampled`` sampled prompts (~8x requests)."""
+        n = min(sampled, self.rep_n)
+        return (self.seq_bits & ((1 << n) - 1)).bit_count(), n
+
     def active_hours(self, hours: int = 24) -> int:
         return (self.hour_mask & ((1 << hours) - 1)).bit_count()
 
@@ -354,7 +364,7 @@ class UserFeatures:
         sess = b"".join(struct.pack("<Iqqi", k, *v) for k, v in self.sessions.items())
         mg = b"".join(struct.pack("<Qi", k, v) for k, v in self.mg.items())
         return (head + clock + masks + blooms + bytes([len(self.sessions), len(self.mg)]) + sess + mg
-                + self.streams.to_bytes())
+                + self.streams.to_bytes() + _TRAILER.pack(TRAILER_VERSION, self.seq_bits))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserFeatures:
@@ -391,4 +401,6 @@ class UserFeatures:
             pos += 12
         if pos < len(data):  # state written before streams existed has none
             f.streams, pos = Streams.from_bytes(data, pos)
+        if pos < len(data) and data[pos] == TRAILER_VERSION:  # ... nor this
+            _, f.seq_bits = _TRAILER.unpack_from(data, pos)
         return f

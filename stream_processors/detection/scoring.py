@@ -13,7 +13,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from stream_processors.detection.features import HOUR_MS, UserFeatures
+from stream_processors.detection.features import HOUR_MS, SAMPLE_MASK, UserFeatures
 from stream_processors.detection.streams import Stream
 
 BIAS = 0.95  # weighted evidence at which the score is 0.5
@@ -64,7 +64,14 @@ def repetition(f: UserFeatures) -> Signal:
     top = _clamp((share - 0.2) / 0.5) * _clamp(f.mg_n / 40)
     repeat = _clamp((f.rep - 0.2) / 0.6) * _clamp(f.rep_n / 24)
     volume = _clamp((f.repeats_estimate() - 50) / 250)
-    best = max(top, repeat, volume)
+    hits, sampled = f.recent_repeats(12)
+    # A replay: nearly every recent prompt was sent before, in a row (1 in 8 sampled, so
+    # 12 samples are ~100 requests; a stray re-send or Bloom false hit is one bit, not 10).
+    run = _clamp((hits - 6) / 4) * (sampled >= 12)
+    best = max(top, repeat, volume, run)
+    if run > max(top, repeat, volume):
+        return Signal("repetition", run, 1.0, f"{hits} of the last {sampled} sampled prompts "
+                      f"(~{sampled * (SAMPLE_MASK + 1)} requests) were sent before, verbatim")
     if best == top:
         return Signal("repetition", top, 1.0, f"same prompt {share:.0%} of {f.mg_n:,} requests")
     return Signal("repetition", best, 1.0, f"{f.rep:.0%} of prompts were sent before "
@@ -124,22 +131,30 @@ def size_regularity(f: UserFeatures) -> Signal:
 
 STALE_MS = 2 * HOUR_MS  # a stream silent this long no longer testifies
 EXACT_RUN = 200  # near-identical gaps over this many requests: the early path
+BOUNDED_AFTER = 12 * 60_000  # people keep a band of gaps for minutes (agent bursts), not longer
+HELD = 25 * 60_000  # a clock kept this long is evidence on its own
 
 
 def stream_cadence(s: Stream) -> Signal:
-    """A clock inside one stream: a tight robust spread of gaps, or gaps that stay within a
-    narrow band (a sleep(uniform(a, b)) loop). People's fastest stretches and agent tool
-    loops have heavy-tailed gaps and score ~0 here. Held for 45 minutes, or near-identical
-    over a full ring of gaps (the early path), this is enough on its own."""
+    """A clock inside one stream: a tight robust spread of gaps, gaps that stay within a
+    narrow band (a sleep(uniform(a, b)) loop), or gaps without a single pause. People's
+    fastest stretches and agent tool loops pass the looser two tests for minutes at a
+    time, a script for hours: those count only after the stream has kept it up for
+    ``BOUNDED_AFTER``. Held for ``HELD`` (or near-identical over a full ring of gaps, the
+    early path), this is enough on its own."""
     if s.regular_since == 0:
         return Signal("cadence", 0.0, 0.7, "")
     dur = s.last_ts - s.regular_since
-    tight = _clamp((0.32 - s.rsd) / 0.17)
-    bounded = _clamp((1.2 - s.span) / 0.4)  # people's gaps: log(q95 / q5) ≥ 1.2
-    strength = max(tight, bounded) * _clamp(dur / (20 * 60_000))
-    held = 1.0 if s.near >= 0.8 and s.n >= EXACT_RUN else _clamp((dur - 15 * 60_000) / (30 * 60_000))
-    reason = (f"requests every {s.med_gap:.1f} s ± {s.med_gap * s.rsd:.1f} s for {_duration(dur)} "
-              f"from {s.label}")
+    tight = _clamp((0.32 - s.rsd) / 0.17) * _clamp(dur / (15 * 60_000))
+    bounded = max(_clamp((1.45 - s.span) / 0.35), _clamp((0.6 - s.hi) / 0.2))
+    strength = max(tight, bounded * _clamp((dur - BOUNDED_AFTER) / (HELD - BOUNDED_AFTER)))
+    held = 1.0 if s.near >= 0.8 and s.n >= EXACT_RUN else _clamp((dur - BOUNDED_AFTER) / (HELD - BOUNDED_AFTER))
+    if tight >= bounded:
+        how = f"± {s.med_gap * s.rsd:.1f} s"
+    else:
+        how = (f"(gaps within ×{math.exp(s.span):.1f} of one another, none over "
+               f"{math.exp(s.hi):.1f}× the median)")
+    reason = f"requests every {s.med_gap:.1f} s {how} for {_duration(dur)} from {s.label}"
     return Signal("cadence", strength, 0.7 + 0.35 * held, reason)
 
 

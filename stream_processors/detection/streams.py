@@ -26,11 +26,16 @@ PROMPT_RING = 64  # recent prompt fingerprints per stream
 CHECK_EVERY = 8
 BREAK_MS = 15 * 60_000  # a pause this long ends a continuous run
 REGULAR_RSD = 0.35  # robust sd of log gaps under which a stream counts as paced by a clock
-BOUNDED_SPAN = 1.2  # ... or log(q95 / q5) of its gaps: people's stay above ~1.2, even agent loops
+BOUNDED_SPAN = 1.5  # ... or log(q95 / q5) of its gaps below this: a narrow band of gaps
+CALM_HI = 0.6  # ... or log(q95 / median) below this: no pauses at all, only a slowest-call tail
+# People's gap windows pass one of these tests now and then, but only for minutes (a
+# stretch of an agent session, gaps seconds apart); a script passes for hours. Scoring
+# therefore weighs how long a stream has stayed in the regime, not a single window.
 BIG_CONTEXT = 100_000
 LABEL_MAX = 48
 _MASK64 = (1 << 64) - 1
-_HEAD = struct.Struct("<qqqqiiQQdddd")
+_HEAD = struct.Struct("<qqqqiiQQddddd")
+VERSION = 0x81  # first byte of a serialised Streams; older state began with a count 0..4
 
 
 def _fingerprint(prompt_hash: str) -> int:
@@ -43,7 +48,7 @@ def _fingerprint(prompt_hash: str) -> int:
 class Stream:
     """Recent behaviour of one client/model stream of one user."""
 
-    __slots__ = ("big_bits", "first_ts", "gaps", "label", "last_ts", "med_gap", "n", "near",
+    __slots__ = ("big_bits", "first_ts", "gaps", "hi", "label", "last_ts", "med_gap", "n", "near",
                  "prompts", "regular_since", "rep_bits", "rsd", "span", "up_since")
 
     def __init__(self, label: str, ts: int) -> None:
@@ -55,12 +60,14 @@ class Stream:
         self.prompts = array("H", bytes(2 * PROMPT_RING))
         self.rep_bits = self.big_bits = 0  # last 64 requests: repeated prompt / ≥100k uncached
         self.med_gap = self.rsd = self.near = self.span = 0.0
+        self.hi = 9.0  # log(q95 / median gap); large until measured
 
     def update(self, ts: int, uncached: int, prompt_hash: str) -> None:
         if self.n:
             gap = max(0, ts - self.last_ts)
-            if gap > BREAK_MS:
+            if gap > BREAK_MS:  # a pause ends a run, and any cadence with it
                 self.up_since = ts
+                self.regular_since = 0
             self.gaps[(self.n - 1) % RING] = min(gap, 0xFFFFFFFF)
         fp = _fingerprint(prompt_hash)
         seen = fp != 0 and fp in self.prompts
@@ -83,11 +90,14 @@ class Stream:
         self.med_gap, self.rsd = med / 1000.0, 1.4826 * logs[count // 2]
         self.near = sum(1 for x in logs if x < 0.02) / count
         # Bounded gaps: a sleep(uniform(a, b)) loop never pauses; people's gaps are heavy-tailed.
-        self.span = math.log((gaps[count - 1 - count // 20] + 50) / (gaps[count // 20] + 50))
-        if self.rsd >= REGULAR_RSD and self.span >= BOUNDED_SPAN:
+        q95 = gaps[count - 1 - count // 20] + 50
+        self.span = math.log(q95 / (gaps[count // 20] + 50))
+        self.hi = math.log(q95 / (med + 50))  # a loop that never pauses: its slowest calls only
+        if self.rsd >= REGULAR_RSD and self.span >= BOUNDED_SPAN and self.hi >= CALM_HI:
             self.regular_since = 0
-        elif self.regular_since == 0:  # the cadence began when the gaps in the ring did
-            self.regular_since = max(self.first_ts, self.last_ts - sum(gaps))
+        elif self.regular_since == 0:  # the cadence began when the gaps in the ring did,
+            # or at the last pause, when the ring reaches back past one
+            self.regular_since = max(self.first_ts, self.up_since, self.last_ts - sum(gaps))
 
     # ---- derived ----------------------------------------------------------------------
 
@@ -106,7 +116,7 @@ class Stream:
         label = self.label.encode()
         head = _HEAD.pack(self.first_ts, self.last_ts, self.up_since, self.regular_since, self.n,
                           len(label), self.rep_bits, self.big_bits, self.med_gap,
-                          self.rsd, self.near, self.span)
+                          self.rsd, self.near, self.span, self.hi)
         count = min(max(self.n - 1, 0), RING)
         prompts = min(self.n, PROMPT_RING)
         return head + label + self.gaps[:count].tobytes() + self.prompts[:prompts].tobytes()
@@ -114,12 +124,12 @@ class Stream:
     @classmethod
     def from_bytes(cls, data: bytes, pos: int) -> tuple[Stream, int]:
         (first, last, up, regular, n, label_len, rep, big, med, rsd,
-         near, span) = _HEAD.unpack_from(data, pos)
+         near, span, hi) = _HEAD.unpack_from(data, pos)
         pos += _HEAD.size
         s = cls(data[pos:pos + label_len].decode(errors="replace"), first)
         pos += label_len
         s.last_ts, s.up_since, s.regular_since, s.n = last, up, regular, n
-        s.rep_bits, s.big_bits, s.med_gap, s.rsd, s.near, s.span = rep, big, med, rsd, near, span
+        s.rep_bits, s.big_bits, s.med_gap, s.rsd, s.near, s.span, s.hi = rep, big, med, rsd, near, span, hi
         count, prompts = min(max(n - 1, 0), RING), min(n, PROMPT_RING)
         s.gaps[:count] = array("I", data[pos:pos + 4 * count])
         pos += 4 * count
@@ -145,12 +155,15 @@ class Streams:
         stream.update(ts, uncached, prompt_hash)
 
     def to_bytes(self) -> bytes:
-        return bytes([len(self.table)]) + b"".join(s.to_bytes() for s in self.table.values())
+        return bytes([VERSION, len(self.table)]) + b"".join(s.to_bytes() for s in self.table.values())
 
     @classmethod
     def from_bytes(cls, data: bytes, pos: int) -> tuple[Streams, int]:
+        """Streams written before VERSION (a bare count, fewer fields) start over empty."""
         out = cls()
-        count, pos = data[pos], pos + 1
+        if data[pos] != VERSION:
+            return out, len(data)
+        count, pos = data[pos + 1], pos + 2
         for _ in range(count):
             stream, pos = Stream.from_bytes(data, pos)
             out.table[stream.label] = stream

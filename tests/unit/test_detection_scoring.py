@@ -55,14 +55,14 @@ def test_one_off_batch_job_scores_low() -> None:
 
 
 def test_one_kind_of_evidence_alone_stays_below_threshold() -> None:
-    # Perfectly regular but every prompt different and sizes varied: cadence only, for half an
-    # hour (a batch job's length). Held for 45 minutes and more it becomes the early path.
+    # Perfectly regular but every prompt different and sizes varied: cadence only, for twenty
+    # minutes. Held for 25 minutes and more it becomes the early path.
     rng = random.Random(2)
     f = UserFeatures()
-    for i in range(90):
+    for i in range(60):
         f.update(T0 + i * 20_000, 2000, rng.randint(100, 5000), 0, "s", f"{rng.getrandbits(64):016x}")
     assert score(f)[0] < 0.5
-    for i in range(90, 200):
+    for i in range(60, 200):
         f.update(T0 + i * 20_000, 2000, rng.randint(100, 5000), 0, "s", f"{rng.getrandbits(64):016x}")
     value, reasons = score(f)
     assert value >= 0.5 and reasons[0].startswith("requests every 20.0 s ± 0.0 s for")
