@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,71 +9,26 @@ from typing import Any
 import httpx
 import orjson
 
+from tokentrail.errors import TokenTrailError
+from tokentrail.runtime.child import ChildStack, free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["RunningStack", "free_port"]
 
 
-class RunningStack:
+class RunningStack(ChildStack):
     """`tokentrail up` as a real subprocess on a free port and its own data dir."""
 
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "TOKENTRAIL_LOG_LEVEL": "WARNING", "TOKENTRAIL_STATS_INTERVAL_S": "0.5",
-                    **(extra_env or {})}
-        self.env.pop("TOKENTRAIL_KAFKA_BOOTSTRAP", None)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
     def start(self, timeout_s: float = 120) -> RunningStack:
-        log = open(self.data_dir / "up.out", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tokentrail.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.output()
-            if (self.data_dir / "runtime.json").exists():
-                try:
-                    if self.client.get("/readyz").status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.5)
-        raise AssertionError(f"stack not ready in {timeout_s} s:\n{self.output()}")
-
-    @property
-    def bootstrap(self) -> str:
-        return str(orjson.loads((self.data_dir / "runtime.json").read_bytes())["bootstrap"])
-
-    def output(self) -> str:
-        path = self.data_dir / "up.out"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+        try:
+            super().start(timeout_s)
+        except TokenTrailError as exc:
+            raise AssertionError(str(exc)) from None
+        return self
 
     def stage_pids(self) -> list[int]:
         """Pids of our own children (broker and stages), from /proc."""
         assert self.process is not None
         return children_of(self.process.pid)
-
-    def stop(self, timeout_s: float = 90) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.client.close()
-        return int(self.process.returncode)
-
-    def pipeline(self) -> dict[str, Any]:
-        return dict(self.client.get("/v1/pipeline").json())
 
     def wait_drained(self, expect_stored: int, expect_processed: int | None = None, timeout_s: float = 180) -> dict:
         deadline = time.monotonic() + timeout_s

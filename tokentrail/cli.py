@@ -107,7 +107,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream_processors.detection import evaluate
 
-    argv = ["--seeds", args.seeds, "--humans", str(args.humans), "--days", str(args.days)]
+    argv = ["--seeds", args.seeds, "--humans", str(args.humans), "--days", str(args.days),
+            "--bots-per-archetype", str(args.bots_per_archetype)] + (["--pipeline"] if args.pipeline else [])
     evaluate.main(argv)
     return 0
 
@@ -167,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", default="101,102,103")
     ev.add_argument("--humans", type=int, default=250)
     ev.add_argument("--days", type=float, default=7)
+    ev.add_argument("--bots-per-archetype", type=int, default=2)
+    ev.add_argument("--pipeline", action="store_true",
+                    help="through the real pipeline (a fresh `tokentrail up` per seed) instead of the detector "
+                         "library alone")
     ev.set_defaults(func=cmd_evaluate)
 
     tokens = sub.add_parser("tokens", help="API tokens: create, list, revoke (docs/access.md)")

@@ -126,8 +126,9 @@ def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], even
 
 def finish(stage: DetectorStage, states: BufferedTable, batch: Batch) -> None:
     """Risk updates of the touched users, and their state written once each."""
-    # An alert raised again within the batch (same id: its window grew) goes out once, last version.
-    batch.alerts = list({a.alert_id: a for a in batch.alerts}.values())
+    # An alert raised again within the batch (same id: its window grew) goes out in every
+    # version, as it would live: a fast replay's batch spans hours of event time, and
+    # keeping only the last version would lose when the alert was first raised.
     alerted: dict[str, int] = {}
     for a in batch.alerts:
         alerted[a.user_id] = alerted.get(a.user_id, 0) + 1

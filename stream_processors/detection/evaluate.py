@@ -44,6 +44,7 @@ class Report:
     state_bytes: list[int] = field(default_factory=list)
     top_bots_before: list[int] = field(default_factory=list)
     top_bots_after: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # figures of the run itself (pipeline mode)
 
     def totals(self) -> tuple[int, int, int, int]:
         """(bots detected, bots, humans flagged, tokenmaxxing alerts on humans)."""
@@ -64,6 +65,7 @@ def run_seed(report: Report, seed: int, bots_per_archetype: int, progress: Progr
     tokens: dict[str, int] = defaultdict(int)
     first_alert: dict[str, int] = {}
     alerts_by_user: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    raised: set[str] = set()
     clock, spent, n = time.perf_counter, 0.0, 0
     for ts, event in scenario.timed_events():
         event["ts_ms"] = ts  # the wire form: the simulator's events are valid by construction
@@ -75,6 +77,9 @@ def run_seed(report: Report, seed: int, bots_per_archetype: int, progress: Progr
         tokens[user] += (event["input_tokens"] + event["output_tokens"]
                          + event["cache_read_tokens"] + event["cache_write_tokens"])
         for alert in found:
+            if alert.alert_id in raised:
+                continue  # the same alert again, its window grown: one alert, dated by its first raise
+            raised.add(alert.alert_id)
             alerts_by_user[user].append((alert.kind, alert.window_end_ms))
             if alert.kind == TOKENMAXXING and ts >= starts.get(user, ts + 1):
                 first_alert.setdefault(user, ts)
@@ -84,6 +89,20 @@ def run_seed(report: Report, seed: int, bots_per_archetype: int, progress: Progr
                      f"{spent / n * 1e6:.1f} µs/event")
     report.events += n
     report.detector_s += spent
+    report.state_bytes += [len(detector.state_bytes(u)) for u in detector.users]
+    tally(report, labels, starts, alerts_by_user, first_alert, tokens,
+          lambda users: {u for u in users if detector.risk(u)[0] >= THRESHOLD})
+
+
+def tally(report: Report, labels: dict[str, str], starts: dict[str, int],
+          alerts_by_user: dict[str, list[tuple[str, int]]], first_alert: dict[str, int], tokens: dict[str, int],
+          suspected: Callable[[list[str]], set[str]]) -> None:
+    """Add one seed's outcome to the report.
+
+    ``alerts_by_user``: (kind, window end) of every alert; ``first_alert``: event
+    time of each bot's first tokenmaxxing alert after its start; ``suspected``:
+    which of the given users score at or above the threshold now.
+    """
     for user, kind in labels.items():
         row = report.rows[kind]
         row.users += 1
@@ -97,9 +116,11 @@ def run_seed(report: Report, seed: int, bots_per_archetype: int, progress: Progr
         else:
             row.alerts += sum(1 for k, _ in got if k == TOKENMAXXING)
             row.flagged += any(k == TOKENMAXXING for k, _ in got)
-    report.state_bytes += [len(detector.state_bytes(u)) for u in detector.users]
     ranked = sorted(tokens, key=lambda u: -tokens[u])
-    kept = [u for u in ranked if detector.risk(u)[0] < THRESHOLD]
+    # Enough of the top to refill its places once the suspected are taken out.
+    head = ranked[:2 * TOP_N]
+    flagged = suspected(head)
+    kept = [u for u in head if u not in flagged]
     report.top_bots_before.append(sum(labels[u] in BOTS for u in ranked[:TOP_N]))
     report.top_bots_after.append(sum(labels[u] in BOTS for u in kept[:TOP_N]))
 
@@ -138,9 +159,11 @@ def format_report(r: Report) -> str:
         f"median detection latency, all bots: {_minutes(all_lat).strip()} min of event time",
         f"bots in top {TOP_N} by tokens: before {r.top_bots_before}, "
         f"after excluding score >= {THRESHOLD}: {r.top_bots_after}",
-        f"detector cost {r.detector_s / max(r.events, 1) * 1e6:.1f} µs/event; state "
-        f"{statistics.mean(r.state_bytes):.0f} bytes/user mean, {max(r.state_bytes)} max",
     ]
+    if r.state_bytes:
+        lines.append(f"detector cost {r.detector_s / max(r.events, 1) * 1e6:.1f} µs/event; state "
+                     f"{statistics.mean(r.state_bytes):.0f} bytes/user mean, {max(r.state_bytes)} max")
+    lines += r.notes
     return "\n".join(lines)
 
 
@@ -150,10 +173,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--humans", type=int, default=250)
     parser.add_argument("--days", type=float, default=7)
     parser.add_argument("--bots-per-archetype", type=int, default=2)
+    parser.add_argument("--pipeline", action="store_true",
+                        help="through the real pipeline: a fresh `tokentrail up` per seed, events sent with the "
+                             "producer SDK, alerts read from the alerts topic and the API")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    report = evaluate(seeds, args.humans, args.days, args.bots_per_archetype,
-                      progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.pipeline:
+        from stream_processors.detection.evaluate_pipeline import evaluate_pipeline
+
+        report = evaluate_pipeline(seeds, args.humans, args.days, args.bots_per_archetype, progress)
+    else:
+        report = evaluate(seeds, args.humans, args.days, args.bots_per_archetype, progress)
     print(format_report(report))
 
 
