@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import socket
@@ -30,13 +31,14 @@ log = logging.getLogger(__name__)
 # Entries per org-delta message (~80 bytes each): stays far below the broker's
 # 1 MB message limit however spread out in event time a batch is.
 DELTA_CHUNK = 2000
+# "orgs_sent": source offset up to which the partition's org deltas are known delivered.
 NEW_PROGRESS = {"processed": 0, "duplicates": 0, "late": 0, "invalid": 0, "messages": 0, "watermark_ms": 0,
-                "offset": -1}
+                "offset": -1, "orgs_sent": -1}
 
 
 def _progress(progress: BufferedTable, key: str) -> dict[str, int]:
     stored = progress.get(key)
-    return dict(stored) if stored else dict(NEW_PROGRESS)
+    return {**NEW_PROGRESS, **stored} if stored else dict(NEW_PROGRESS)
 
 
 class Expiry:
@@ -59,6 +61,31 @@ class Expiry:
             self.table.delete(partition, key)
 
 
+class UserState:
+    """Each source partition's UserWindows, (re)built from the table when needed."""
+
+    def __init__(self, table: BufferedTable, retention_ms: int) -> None:
+        self.table = table
+        self.retention_ms = retention_ms
+        self.parts: dict[int, windows.UserWindows] = {}
+
+    def get(self, part: int, prog: dict[str, int], deltas: windows.OrgEntries) -> windows.UserWindows:
+        """The partition's windows. After a restart or a rebalance (the progress
+        record is not the one this process wrote last), rebuild them from the
+        stored deltas, and re-send the org deltas of those not known delivered."""
+        state = self.parts.get(part)
+        if state is not None and state.offset == prog["offset"]:
+            return state
+        state = windows.UserWindows(part, prog["watermark_ms"], self.retention_ms)
+        prefix = windows.delta_prefix(part)
+        stored = [(k, v) for k, v in self.table.local.items() if k.startswith(prefix)]
+        state.load(stored)
+        state.offset = prog["offset"]
+        state.resent = windows.resend_org_deltas(part, stored, prog["orgs_sent"], deltas)
+        self.parts[part] = state
+        return state
+
+
 def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: str) -> None:
     retention_ms = settings.window_retention_hours * 3600 * 1000
     writer = ChangelogWriter(bootstrap)
@@ -71,43 +98,75 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
 
     async def flush_changelog() -> None:
         await asyncio.to_thread(writer.flush)
-    user_expiry = Expiry(users, settings.partitions, retention_ms)
+    user_state = UserState(users, retention_ms)
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
+
+    def fold_batch(batch: list[Any]) -> windows.OrgEntries:
+        """The synchronous part of a usage batch: envelopes -> user deltas, progress, org deltas."""
+        deltas: windows.OrgEntries = {}
+        for part, events in by_partition(batch).items():
+            key = f"usage/{part}"
+            prog = _progress(progress, key)
+            state = user_state.get(part, prog, deltas)
+            applied = prog["offset"]
+            first = last = -1
+            counted = duplicates = late = invalid = messages = 0
+            for event in events:
+                offset = event.message.offset
+                if offset <= applied:
+                    continue  # applied before a restart; state came back from the changelog
+                # Invalid items are only counted here: the history sink, which reads
+                # the same messages, is the one stage that dead-letters them.
+                good, bad = decode_envelope(event.value, prices)
+                c, d, n_late = state.fold(good)
+                counted += c
+                duplicates += d
+                late += n_late
+                invalid += len(bad)
+                messages += 1
+                if first < 0:
+                    first = offset
+                last = offset
+            if last < 0:
+                continue
+            for bucket_key in state.expire():
+                users.delete(part, bucket_key)
+            for bucket_key, value, orgs_per_minute in state.take_deltas(first, last):
+                users.set(part, bucket_key, value)
+                windows.add_org_entries(deltas, part, last, orgs_per_minute)
+            # Every earlier batch's org deltas were delivered before this one began,
+            # but not org deltas re-sent in this batch after a restart.
+            orgs_sent = prog["orgs_sent"] if state.resent else applied
+            state.resent = False
+            prog.update(
+                processed=prog["processed"] + counted, duplicates=prog["duplicates"] + duplicates,
+                late=prog["late"] + late, invalid=prog["invalid"] + invalid, messages=prog["messages"] + messages,
+                watermark_ms=state.watermark_ms, offset=last, orgs_sent=orgs_sent,
+            )
+            state.offset = last
+            progress.set(part, key, prog)
+        return deltas
 
     @p.app.agent(p.usage, name="usage-windows")
     @exit_on_crash
     async def usage_windows(stream: Any) -> None:
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
-            deltas: dict[str, list[list[Any]]] = {}
-            for part, events in by_partition(batch).items():
-                key = f"usage/{part}"
-                prog = _progress(progress, key)
-                for event in events:
-                    offset = event.message.offset
-                    if offset <= prog["offset"]:
-                        continue  # applied before a restart; state came back from the changelog
-                    # Invalid items are only counted here: the history sink, which reads
-                    # the same messages, is the one stage that dead-letters them.
-                    good, bad = decode_envelope(event.value, prices)
-                    result = windows.apply_batch(good, users, prog["watermark_ms"], retention_ms)
-                    for org, per_minute in result.org_deltas.items():
-                        entries = deltas.setdefault(org, [])
-                        entries.extend([part, offset, minute, sums] for minute, sums in per_minute.items())
-                    for bucket_key, bucket in result.user_buckets.items():
-                        users.set(part, bucket_key, bucket)
-                    for bucket_key, minute in result.new_buckets:
-                        user_expiry.add(part, bucket_key, minute)
-                    user_expiry.run(part, result.watermark_ms, prog["watermark_ms"])
-                    prog.update(
-                        processed=prog["processed"] + result.counted,
-                        duplicates=prog["duplicates"] + result.duplicates, late=prog["late"] + result.late,
-                        invalid=prog["invalid"] + len(bad), messages=prog["messages"] + 1,
-                        watermark_ms=result.watermark_ms, offset=offset,
-                    )
-                progress.set(part, key, prog)
-            # Org deltas are delivered before user buckets are written: if we die
-            # in between, the replay recomputes the same (source partition,
-            # offset) entries, which org buckets skip; the other order could lose them.
+            # No reference cycles are made here; without the collector, the
+            # batch's short-lived buckets are not traversed again and again.
+            gc.disable()
+            try:
+                deltas = fold_batch(batch)
+            finally:
+                gc.enable()
+            # Deltas (with their org sums) and then the progress record that says
+            # "applied up to offset X" are durable before org deltas go out, and
+            # all of it before Faust commits the offsets. A crash before the org
+            # deltas are delivered re-sends them from the stored deltas on restart
+            # (UserState.get); org buckets skip a (source partition, offset) they applied.
+            users.flush()
+            await flush_changelog()
+            progress.flush()
+            await flush_changelog()
             futures = [
                 await p.org_deltas.send(key=org.encode(), partition=partition_for(org, settings.partitions),
                                         value={"org": org, "entries": entries[i : i + DELTA_CHUNK]})
@@ -116,33 +175,29 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             ]
             if futures:
                 await asyncio.gather(*futures)
-            # Buckets are durable before the progress record that says "applied up
-            # to offset X" is written, and both before Faust commits the offsets.
-            users.flush()
-            await flush_changelog()
-            progress.flush()
-            await flush_changelog()
 
     @p.app.agent(p.org_deltas, name="org-windows")
     @exit_on_crash
     async def org_windows(stream: Any) -> None:
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
+            fold = windows.OrgFold(orgs)
+            progs: dict[int, tuple[dict[str, int], int]] = {}
             for event in batch:
                 part = event.message.partition
-                key = f"orgd/{part}"
-                prog = _progress(org_progress, key)
-                before = prog["watermark_ms"]
-                org = event.value["org"]
-                for source_part, source_offset, minute, sums in event.value["entries"]:
-                    bucket_key = windows.org_key(org, minute)
-                    bucket = windows.apply_org_delta(orgs.get(bucket_key), sums, source_part, source_offset)
-                    if bucket is not None:
-                        orgs.set(part, bucket_key, bucket)
-                        org_expiry.add(part, bucket_key)
-                    prog["watermark_ms"] = max(prog["watermark_ms"], (minute + 1) * windows.MINUTE_MS - 1)
-                org_expiry.run(part, prog["watermark_ms"], before)
+                if part not in progs:
+                    prog = _progress(org_progress, f"orgd/{part}")
+                    progs[part] = (prog, prog["watermark_ms"])
+                prog = progs[part][0]
+                newest = fold.apply(part, event.value["org"], event.value["entries"])
+                prog["watermark_ms"] = max(prog["watermark_ms"], newest)
                 prog["messages"] += 1
-                org_progress.set(part, key, prog)
+            for bucket_key, (part, bucket) in fold.buckets.items():
+                orgs.set(part, bucket_key, bucket)
+            for part, bucket_key, minute in fold.new:
+                org_expiry.add(part, bucket_key, minute)
+            for part, (prog, before) in progs.items():
+                org_expiry.run(part, prog["watermark_ms"], before)
+                org_progress.set(part, f"orgd/{part}", prog)
             orgs.flush()
             org_progress.flush()
             await flush_changelog()

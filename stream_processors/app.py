@@ -10,6 +10,7 @@ import faust
 from tokentrail.settings import Settings
 
 ORG_DELTAS_SUFFIX = "org-deltas"
+USER_WINDOWS = "user-minute-deltas"
 
 
 @dataclass
@@ -54,7 +55,10 @@ def build(settings: Settings, bootstrap: str) -> Processors:
                            partitions=settings.partitions, internal=True)
     # Tables are co-partitioned with the stream that writes them: user buckets
     # with the usage topic, org buckets with the org-delta topic.
-    user_windows = app.Table("user-minute", default=None, partitions=settings.partitions)
+    # User windows are stored as deltas (windows.py) whose values are JSON bytes
+    # made by the processors: value_type=bytes stores them as they are ("raw").
+    user_windows = app.Table(USER_WINDOWS, default=None, partitions=settings.partitions, key_type=str,
+                             value_type=bytes)
     org_windows = app.Table("org-minute", default=None, partitions=settings.partitions)
     progress = app.Table("progress", default=None, partitions=settings.partitions)
     return Processors(app, usage, org_deltas, user_windows, org_windows, progress)

@@ -1,14 +1,23 @@
 """Event-time minute windows per user and per org: the pure part of the processors.
 
-Live state is one bucket per (entity, minute of event time). A user bucket also
-keeps 64-bit hashes of the event ids it counted, which is how a re-sent event
-(same ``event_id``, hence same timestamp and minute) is counted once — also
-when a batch is re-processed after a crash, because the hashes travel in the
-same changelog record as the sums.
+User windows are kept as *deltas*. Per batch and source partition, the events
+counted in each minute of event time become ONE changelog record (a delta),
+keyed by (partition, minute, first and last source offset of the batch), whose
+value is ``{user_id: bucket}``; a bucket is ``N_SUMS`` sums then the list of the
+event ids it counted. A user-minute window is the sum of its minute's deltas
+(``merge_deltas``). So a changelog record costs a few hundred events, not one,
+and a record is never rewritten: state grows by exactly the new events.
 
-Org buckets are fed by *org deltas*: per batch, the sums of the new events per
-(org prefix, minute), tagged with the source partition and offset. Deltas are
-re-keyed by org (a repartition), and an org bucket remembers the last source
+Re-sent events (same ``event_id``, hence same user, timestamp and minute) are
+counted once per (user, minute): ``UserWindows`` keeps, per live minute, the ids
+counted in it (rebuilt from the stored deltas after a restart), so a batch
+re-processed after a crash finds its events already counted. A delta key is
+never written twice with different contents: a re-processed batch with the same
+offset range finds every event of a written delta already counted.
+
+Org buckets are fed by *org deltas*: per envelope, the sums of the new events
+per (org prefix, minute), tagged with the source partition and offset. Deltas
+are re-keyed by org (a repartition), and an org bucket remembers the last source
 offset it applied per source partition, so a re-sent delta is skipped.
 
 Windows are kept for ``retention`` of event time behind the partition's
@@ -19,23 +28,23 @@ the sink stores it in history like any other event.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from tokentrail.events import org_prefixes
 
 MINUTE_MS = 60_000
-# Bucket layout: sums first, then (user buckets only) the id hashes.
+# Bucket layout: sums first, then (user buckets only) the counted event ids.
 SUM_FIELDS = ("requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
               "total_tokens", "cost_nanos")
 N_SUMS = len(SUM_FIELDS)
 SEP = "\x1f"  # unit separator: cannot clash with anything sensible in an id
 
-
-def user_key(user_id: str, minute: int) -> str:
-    return f"u{SEP}{user_id}{SEP}{minute}"
+Sums = list[int]
+OrgSums = dict[str, dict[int, Sums]]  # org prefix -> minute -> sums
+OrgEntries = dict[str, list[list[Any]]]  # org prefix -> [[source partition, source offset, minute, sums]]
 
 
 def org_key(org: str, minute: int) -> str:
@@ -46,16 +55,20 @@ def key_minute(key: str) -> int:
     return int(key.rsplit(SEP, 1)[1])
 
 
-def id_hash(event_id: str) -> int:
-    """Stable 63-bit hash of an event id (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
+def delta_key(partition: int, minute: int, first_offset: int, last_offset: int) -> str:
+    return f"{delta_prefix(partition)}{minute}{SEP}{first_offset}-{last_offset}"
 
 
-def event_sums(event: Mapping[str, Any]) -> list[int]:
-    total = (event["input_tokens"] + event["output_tokens"]
-             + event["cache_read_tokens"] + event["cache_write_tokens"])
-    return [1, event["input_tokens"], event["output_tokens"], event["cache_read_tokens"],
-            event["cache_write_tokens"], total, event["cost_nanos"]]
+def delta_prefix(partition: int) -> str:
+    return f"u{SEP}{partition}{SEP}"
+
+
+def delta_minute(key: str) -> int:
+    return int(key.split(SEP)[2])
+
+
+def delta_last_offset(key: str) -> int:
+    return int(key.rsplit("-", 1)[1])
 
 
 def add_into(target: list[int], sums: list[int]) -> None:
@@ -63,93 +76,205 @@ def add_into(target: list[int], sums: list[int]) -> None:
         target[i] += sums[i]
 
 
-@dataclass
-class BatchResult:
-    """What one batch changes: user buckets to write, org deltas to send, counts."""
+class UserWindows:
+    """The live user-minute windows of ONE source partition.
 
-    user_buckets: dict[str, list[Any]] = field(default_factory=dict)
-    new_buckets: list[tuple[str, int]] = field(default_factory=list)  # (key, minute) not stored before
-    org_deltas: dict[str, dict[int, list[int]]] = field(default_factory=dict)
-    counted: int = 0
-    duplicates: int = 0
-    late: int = 0
-    watermark_ms: int = 0
-
-
-def apply_batch(
-    events: Iterable[Mapping[str, Any]],
-    lookup: Mapping[str, list[Any]] | Any,
-    watermark_ms: int,
-    retention_ms: int,
-) -> BatchResult:
-    """Fold a batch of wire events into user buckets.
-
-    ``lookup.get(key)`` returns the stored bucket of a user key (or None).
-    Buckets are copied before change, so a failure mid-batch leaves stored
-    state untouched. This is the processors' per-event hot path: sums are
-    added field by field, and org sums are kept per (org_id, minute) and
-    expanded to every org prefix once per batch, not once per event.
+    In memory: per live minute, the ids counted in it (``{event_id: user_id}``;
+    the rare id counted for two users goes to a side set) and the keys of its
+    stored deltas; per batch, the new deltas. ``fold`` is the processors'
+    per-event hot path: one envelope's wire events, in offset order.
     """
-    result = BatchResult(watermark_ms=watermark_ms)
-    buckets = result.user_buckets
-    per_org: dict[tuple[str, int], list[int]] = {}
-    watermark = watermark_ms
-    for event in events:
-        ts = event["ts_ms"]
-        if ts > watermark:
-            watermark = ts
-        elif ts < watermark - retention_ms:
-            result.late += 1
-            continue
-        minute = ts // MINUTE_MS
-        key = f"u{SEP}{event['user_id']}{SEP}{minute}"
-        bucket = buckets.get(key)
-        if bucket is None:
-            stored = lookup.get(key)
-            if stored:
-                bucket = [*stored[:N_SUMS], list(stored[N_SUMS])]
-            else:
-                bucket = [0, 0, 0, 0, 0, 0, 0, []]
-                result.new_buckets.append((key, minute))
-            buckets[key] = bucket
-        h = id_hash(event["event_id"])
-        hashes = bucket[N_SUMS]
-        if h in hashes:
-            result.duplicates += 1
-            continue
-        hashes.append(h)
-        inp, out = event["input_tokens"], event["output_tokens"]
-        cr, cw, cost = event["cache_read_tokens"], event["cache_write_tokens"], event["cost_nanos"]
-        total = inp + out + cr + cw
-        bucket[0] += 1
-        bucket[1] += inp
-        bucket[2] += out
-        bucket[3] += cr
-        bucket[4] += cw
-        bucket[5] += total
-        bucket[6] += cost
-        acc = per_org.get((event["org_id"], minute))
-        if acc is None:
-            per_org[(event["org_id"], minute)] = [1, inp, out, cr, cw, total, cost]
-        else:
-            acc[0] += 1
-            acc[1] += inp
-            acc[2] += out
-            acc[3] += cr
-            acc[4] += cw
-            acc[5] += total
-            acc[6] += cost
-        result.counted += 1
-    result.watermark_ms = watermark
-    for (org_id, minute), sums in per_org.items():
-        for org in org_prefixes(org_id):
-            per_minute = result.org_deltas.setdefault(org, {})
-            acc = per_minute.get(minute)
+
+    def __init__(self, partition: int, watermark_ms: int, retention_ms: int) -> None:
+        self.partition = partition
+        self.watermark_ms = watermark_ms
+        self.retention_ms = retention_ms
+        self.seen: dict[int, dict[str, str]] = {}  # minute -> {event_id: user_id}
+        self.shared_ids: dict[int, set[tuple[str, str]]] = {}  # minute -> {(user_id, event_id)} (id clashes)
+        self.keys: dict[int, list[str]] = {}  # minute -> stored delta keys
+        self.pending: dict[int, dict[str, list[Any]]] = {}  # this batch: minute -> {user_id: bucket}
+        self.pending_orgs: dict[int, dict[str, Sums]] = {}  # this batch: minute -> {org_id: sums}
+        self.users: dict[str, str] = {}  # one string object per user id (memory)
+        self.horizon = -(1 << 62)  # minutes below it are expired (the first expire() sweeps restored ones)
+        self.offset = -1  # the last source offset whose progress was written
+        self.resent = False  # org deltas re-sent on load, not yet known delivered
+
+    def load(self, items: Iterable[tuple[str, bytes]]) -> None:
+        """Rebuild the ids and keys from stored deltas (after a restart or a rebalance)."""
+        for key, value in items:
+            minute = delta_minute(key)
+            self.keys.setdefault(minute, []).append(key)
+            seen = self.seen.setdefault(minute, {})
+            for user, bucket in orjson.loads(value)[0].items():
+                user = self.users.setdefault(user, user)
+                for event_id in bucket[N_SUMS]:
+                    if seen.setdefault(event_id, user) is not user:
+                        self.shared_ids.setdefault(minute, set()).add((user, event_id))
+
+    def fold(self, events: Iterable[Mapping[str, Any]]) -> tuple[int, int, int]:
+        """Fold one envelope's events into this batch's deltas: -> (counted, duplicates, late).
+
+        A delta keeps sums per user (with the counted ids) and per org id as
+        sent (expanded to every org prefix only when org deltas are made).
+        """
+        wm = self.watermark_ms
+        retention = self.retention_ms
+        floor = wm - retention
+        seen_by_minute = self.seen
+        pending = self.pending
+        pending_orgs = self.pending_orgs
+        canon = self.users
+        counted = duplicates = late = 0
+        current = -1
+        seen: dict[str, str] = {}
+        users: dict[str, list[Any]] = {}
+        orgs: dict[str, Sums] = {}
+        for event in events:
+            ts = event["ts_ms"]
+            if ts > wm:
+                wm = ts
+                floor = wm - retention
+            elif ts < floor:
+                late += 1
+                continue
+            minute = ts // MINUTE_MS
+            if minute != current:
+                current = minute
+                seen = seen_by_minute.get(minute) or seen_by_minute.setdefault(minute, {})
+                users = pending.get(minute) or pending.setdefault(minute, {})
+                orgs = pending_orgs.get(minute) or pending_orgs.setdefault(minute, {})
+            event_id = event["event_id"]
+            user = event["user_id"]
+            prev = seen.get(event_id)
+            if prev is None:
+                same = canon.get(user)
+                if same is None:
+                    same = canon[user] = user
+                seen[event_id] = same
+            elif prev == user or self._shared_seen(minute, user, event_id):
+                duplicates += 1
+                continue
+            inp = event["input_tokens"]
+            out = event["output_tokens"]
+            cr = event["cache_read_tokens"]
+            cw = event["cache_write_tokens"]
+            cost = event["cost_nanos"]
+            total = inp + out + cr + cw
+            acc = users.get(user)
             if acc is None:
-                per_minute[minute] = list(sums)
+                users[user] = [1, inp, out, cr, cw, total, cost, [event_id]]
             else:
-                add_into(acc, sums)
-    return result
+                acc[0] += 1
+                acc[1] += inp
+                acc[2] += out
+                acc[3] += cr
+                acc[4] += cw
+                acc[5] += total
+                acc[6] += cost
+                acc[7].append(event_id)
+            org = event["org_id"]
+            acc = orgs.get(org)
+            if acc is None:
+                orgs[org] = [1, inp, out, cr, cw, total, cost]
+            else:
+                acc[0] += 1
+                acc[1] += inp
+                acc[2] += out
+                acc[3] += cr
+                acc[4] += cw
+                acc[5] += total
+                acc[6] += cost
+            counted += 1
+        self.watermark_ms = wm
+        return counted, duplicates, late
+
+    def _shared_seen(self, minute: int, user: str, event_id: str) -> bool:
+        """An id already counted for another user: seen for this one? (Marks it seen.)"""
+        shared = self.shared_ids.setdefault(minute, set())
+        if (user, event_id) in shared:
+            return True
+        shared.add((user, event_id))
+        return False
+
+    def expire(self) -> list[str]:
+        """Forget minutes that fell out of retention; -> their stored delta keys (to delete)."""
+        horizon = (self.watermark_ms - self.retention_ms) // MINUTE_MS
+        if horizon <= self.horizon:
+            return []
+        self.horizon = horizon
+        gone: list[str] = []
+        for minute in [m for m in self.seen if m < horizon]:
+            del self.seen[minute]
+            self.shared_ids.pop(minute, None)
+            self.pending.pop(minute, None)  # counted, then expired within the batch: nothing to keep
+            self.pending_orgs.pop(minute, None)
+            gone.extend(self.keys.pop(minute, ()))
+        return gone
+
+    def take_deltas(self, first_offset: int, last_offset: int) -> list[tuple[str, bytes, dict[int, dict[str, Sums]]]]:
+        """This batch's deltas as (key, value, {minute: {org_id: sums}}) records;
+        the batch covered these source offsets. Value: ``[{user_id: bucket}, {org_id: sums}]``."""
+        out = []
+        for minute, users in self.pending.items():
+            if users:
+                key = delta_key(self.partition, minute, first_offset, last_offset)
+                self.keys.setdefault(minute, []).append(key)
+                orgs = self.pending_orgs.get(minute, {})
+                out.append((key, orjson.dumps([users, orgs]), {minute: orgs}))
+        self.pending = {}
+        self.pending_orgs = {}
+        return out
+
+
+def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], list[Any]]:
+    """User-minute windows from stored deltas: (user_id, minute) -> sums + counted ids."""
+    out: dict[tuple[str, int], list[Any]] = {}
+    for key, value in items:
+        minute = delta_minute(key)
+        for user, bucket in orjson.loads(value)[0].items():
+            acc = out.get((user, minute))
+            if acc is None:
+                out[(user, minute)] = [*bucket[:N_SUMS], list(bucket[N_SUMS])]
+            else:
+                add_into(acc, bucket)
+                acc[N_SUMS].extend(bucket[N_SUMS])
+    return out
+
+
+def org_deltas(per_minute: Mapping[int, Mapping[str, Sums]], into: OrgSums | None = None,
+               prefixes: Callable[[str], list[str]] = org_prefixes) -> OrgSums:
+    """Sums per (org id, minute) -> sums per (org prefix, minute): every prefix of an org is an org."""
+    out: OrgSums = {} if into is None else into
+    for minute, orgs in per_minute.items():
+        for org_id, sums in orgs.items():
+            for org in prefixes(org_id):
+                by_minute = out.setdefault(org, {})
+                acc = by_minute.get(minute)
+                if acc is None:
+                    by_minute[minute] = list(sums)
+                else:
+                    add_into(acc, sums)
+    return out
+
+
+def add_org_entries(out: OrgEntries, partition: int, offset: int,
+                    per_minute: Mapping[int, Mapping[str, Sums]]) -> None:
+    """Append org-delta entries [source partition, source offset, minute, sums] per org prefix."""
+    for org, by_minute in org_deltas(per_minute).items():
+        entries = out.setdefault(org, [])
+        entries.extend([partition, offset, minute, sums] for minute, sums in by_minute.items())
+
+
+def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], delivered: int,
+                      out: OrgEntries) -> bool:
+    """Org deltas of stored user deltas whose batch ended after ``delivered`` (the
+    source offset up to which org deltas are known delivered), as first sent:
+    a crash may have cut them off. -> whether there were any."""
+    again = sorted((delta_last_offset(key), delta_minute(key), value) for key, value in stored
+                   if delta_last_offset(key) > delivered)
+    for last, minute, value in again:
+        add_org_entries(out, partition, last, {minute: orjson.loads(value)[1]})
+    return bool(again)
 
 
 def apply_org_delta(
@@ -168,6 +293,48 @@ def apply_org_delta(
     bucket = [*stored[:N_SUMS], {**applied, part: source_offset}]
     add_into(bucket, sums)
     return bucket
+
+
+class OrgFold:
+    """One batch of org-delta messages applied to org buckets, each bucket copied once.
+
+    ``lookup.get(key)`` returns the stored bucket (never mutated). ``buckets``
+    then holds the batch's changed buckets with the partition they belong to,
+    ``new`` the keys that were not stored before.
+    """
+
+    def __init__(self, lookup: Any) -> None:
+        self.lookup = lookup
+        self.buckets: dict[str, tuple[int, list[Any]]] = {}
+        self.new: list[tuple[int, str, int]] = []  # (partition, key, minute)
+
+    def apply(self, partition: int, org: str, entries: Iterable[list[Any]]) -> int:
+        """Apply one message's entries [source partition, source offset, minute, sums];
+        -> the newest minute end it touched (ms), for the watermark."""
+        newest = 0
+        for source_part, source_offset, minute, sums in entries:
+            key = f"o{SEP}{org}{SEP}{minute}"
+            hit = self.buckets.get(key)
+            if hit is None:
+                stored = self.lookup.get(key)
+                if stored:
+                    bucket = [*stored[:N_SUMS], dict(stored[N_SUMS])]
+                else:
+                    bucket = [0] * N_SUMS + [{}]
+                    self.new.append((partition, key, minute))
+                self.buckets[key] = (partition, bucket)
+            else:
+                bucket = hit[1]
+            end = (minute + 1) * MINUTE_MS - 1
+            if end > newest:
+                newest = end
+            applied = bucket[N_SUMS]
+            part = str(source_part)  # JSON object keys are strings in the changelog
+            if applied.get(part, -1) >= source_offset:
+                continue  # applied before (a re-sent delta after a crash)
+            applied[part] = source_offset
+            add_into(bucket, sums)
+        return newest
 
 
 class ExpiryIndex:

@@ -12,13 +12,28 @@ from tokentrail.settings import Settings
 
 def test_records_match_faust_serialisation() -> None:
     processors = build(Settings(), "127.0.0.1:9")  # no connection is made
-    topic = processors.user_windows.changelog_topic
-    key = windows.user_key("ü\"ser", 29_923_755)
-    value = [1, 2, 3, 4, 5, 15, 9000, [123456789012345678]]
+    topic = processors.org_windows.changelog_topic
+    key = windows.org_key("ü\"rg/x", 29_923_755)
+    value = [1, 2, 3, 4, 5, 15, 9000, {"0": 123456789012345678}]
     faust_key, _ = topic.prepare_key(key, None, None)
     faust_value, _ = topic.prepare_value(value, None, None)
     assert orjson.dumps(key) == faust_key
     assert orjson.dumps(value) == faust_value
+
+
+def test_user_delta_records_match_faust_serialisation() -> None:
+    """User windows are deltas: JSON key, value bytes stored as they are ("raw")."""
+    from stream_processors.table_writes import _encode
+
+    topic = build(Settings(), "127.0.0.1:9").user_windows.changelog_topic
+    state = windows.UserWindows(2, 0, 3_600_000)
+    state.fold([{"event_id": "e\"1", "ts_ms": 1_795_425_300_000, "user_id": "ü", "org_id": "a/b",
+                 "input_tokens": 1, "output_tokens": 2, "cache_read_tokens": 3, "cache_write_tokens": 4,
+                 "cost_nanos": 5}])
+    [(key, value, _orgs)] = state.take_deltas(7, 9)
+    assert orjson.dumps(key) == topic.prepare_key(key, None, None)[0]
+    assert _encode(value) == value == topic.prepare_value(value, None, None)[0]
+    assert orjson.loads(value) == [{"ü": [1, 1, 2, 3, 4, 10, 5, ["e\"1"]]}, {"a/b": [1, 1, 2, 3, 4, 10, 5]}]
 
 
 def test_raw_bytes_values_match_faust_too() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from stream_processors import windows as w
 
 T0 = 1_795_425_300_000  # a minute boundary
+M0 = T0 // 60_000
+HOUR = 3_600_000
 
 
 def ev(i: int, ts: int, user: str = "u1", org: str = "a/b", tokens: int = 10) -> dict[str, Any]:
@@ -14,33 +17,110 @@ def ev(i: int, ts: int, user: str = "u1", org: str = "a/b", tokens: int = 10) ->
             "output_tokens": 1, "cache_read_tokens": 2, "cache_write_tokens": 3, "cost_nanos": 100}
 
 
+def run(state: w.UserWindows, envelopes: list[list[dict[str, Any]]], first: int = 0,
+        stored: dict[str, bytes] | None = None) -> tuple[tuple[int, int, int], w.OrgEntries, dict[str, bytes]]:
+    """One batch, as the usage agent runs it: fold, expire, take the deltas."""
+    stored = {} if stored is None else stored
+    counts = [0, 0, 0]
+    for envelope in envelopes:
+        for i, n in enumerate(state.fold(envelope)):
+            counts[i] += n
+    for key in state.expire():
+        stored.pop(key)
+    entries: w.OrgEntries = {}
+    last = first + len(envelopes) - 1
+    for key, value, orgs in state.take_deltas(first, last):
+        assert key not in stored  # a delta is never rewritten
+        stored[key] = value
+        w.add_org_entries(entries, state.partition, last, orgs)
+    return (counts[0], counts[1], counts[2]), entries, stored
+
+
 def test_batch_sums_per_user_minute_and_org_prefix() -> None:
+    state = w.UserWindows(0, 0, HOUR)
     events = [ev(1, T0), ev(2, T0 + 30_000), ev(3, T0 + 60_000), ev(4, T0, user="u2", org="a/c")]
-    r = w.apply_batch(events, {}, 0, 3_600_000)
-    assert r.counted == 4 and r.duplicates == 0 and r.late == 0
-    first = r.user_buckets[w.user_key("u1", T0 // 60_000)]
-    assert first[: w.N_SUMS] == [2, 20, 2, 4, 6, 32, 200]
-    assert len(first[w.N_SUMS]) == 2
-    assert r.org_deltas["a"][T0 // 60_000][0] == 3  # u1 twice + u2 once in minute 0
-    assert r.org_deltas["a/b"][T0 // 60_000 + 1][0] == 1
-    assert "a/c" in r.org_deltas and r.watermark_ms == T0 + 60_000
+    counts, entries, stored = run(state, [events[:2], events[2:]])
+    assert counts == (4, 0, 0)
+    buckets = w.merge_deltas(stored.items())
+    assert buckets[("u1", M0)][: w.N_SUMS] == [2, 20, 2, 4, 6, 32, 200]
+    assert buckets[("u1", M0)][w.N_SUMS] == ["e1", "e2"]
+    assert buckets[("u2", M0)][0] == 1 and buckets[("u1", M0 + 1)][0] == 1
+    by_org = {(org, minute): sums for org, es in entries.items() for _p, _o, minute, sums in es}
+    assert by_org[("a", M0)][0] == 3  # u1 twice + u2 once in minute 0
+    assert by_org[("a/b", M0 + 1)][0] == 1 and ("a/c", M0) in by_org
+    assert {(p, o) for es in entries.values() for p, o, _m, _s in es} == {(0, 1)}  # tagged with the batch end
+    assert state.watermark_ms == T0 + 60_000
+    assert len(stored) == 2  # one record per minute of the batch, not per user
 
 
-def test_duplicates_count_once_within_and_across_batches() -> None:
-    first = w.apply_batch([ev(1, T0), ev(1, T0)], {}, 0, 3_600_000)
-    assert (first.counted, first.duplicates) == (1, 1)
-    stored = dict(first.user_buckets)
-    again = w.apply_batch([ev(1, T0), ev(2, T0)], stored, first.watermark_ms, 3_600_000)
-    assert (again.counted, again.duplicates) == (1, 1)
-    assert again.user_buckets[w.user_key("u1", T0 // 60_000)][0] == 2
-    # the stored bucket is not mutated (a failed batch leaves state untouched)
-    assert stored[w.user_key("u1", T0 // 60_000)][0] == 1
+def test_duplicates_count_once_within_and_across_batches_and_restarts() -> None:
+    state = w.UserWindows(0, 0, HOUR)
+    counts, _, stored = run(state, [[ev(1, T0), ev(1, T0)]])
+    assert counts == (1, 1, 0)
+    counts, _, stored = run(state, [[ev(1, T0), ev(2, T0)]], first=1, stored=stored)
+    assert counts == (1, 1, 0)
+    # after a restart the ids come back from the stored deltas
+    restored = w.UserWindows(0, state.watermark_ms, HOUR)
+    restored.load(stored.items())
+    counts, _, stored = run(restored, [[ev(2, T0), ev(1, T0), ev(3, T0)]], first=2, stored=stored)
+    assert counts == (1, 2, 0)
+    assert w.merge_deltas(stored.items())[("u1", M0)][:2] == [3, 30]
+
+
+def test_replayed_batch_writes_nothing_new() -> None:
+    """A batch re-processed after a crash (its deltas were stored) adds no delta,
+    so a delta key is never written twice with different contents."""
+    state = w.UserWindows(0, 0, HOUR)
+    batch = [[ev(i, T0 + i * 20_000, user=f"u{i % 3}") for i in range(9)]]
+    _, _, stored = run(state, batch, first=5)
+    restored = w.UserWindows(0, 0, HOUR)
+    restored.load(stored.items())
+    counts, entries, again = run(restored, batch, first=5, stored=dict(stored))
+    assert counts == (0, 9, 0) and entries == {} and again == stored
+
+
+def test_same_event_id_of_two_users_counts_for_each_once() -> None:
+    state = w.UserWindows(0, 0, HOUR)
+    counts, _, stored = run(state, [[ev(1, T0, user="a"), ev(1, T0, user="b"), ev(1, T0, user="b")]])
+    assert counts == (2, 1, 0)
+    restored = w.UserWindows(0, state.watermark_ms, HOUR)
+    restored.load(stored.items())
+    assert run(restored, [[ev(1, T0, user="a"), ev(1, T0, user="b")]], first=1, stored=stored)[0] == (0, 2, 0)
 
 
 def test_late_events_are_counted_not_windowed() -> None:
-    r = w.apply_batch([ev(1, T0 + 7_200_000), ev(2, T0)], {}, 0, 3_600_000)
-    assert (r.counted, r.late) == (1, 1)
-    assert w.user_key("u1", T0 // 60_000) not in r.user_buckets
+    state = w.UserWindows(0, 0, HOUR)
+    counts, _, stored = run(state, [[ev(1, T0 + 2 * HOUR), ev(2, T0)]])
+    assert counts == (1, 0, 1)
+    assert ("u1", M0) not in w.merge_deltas(stored.items())
+
+
+def test_expiry_deletes_old_minutes_and_drops_their_ids() -> None:
+    state = w.UserWindows(0, 0, HOUR)
+    _, _, stored = run(state, [[ev(1, T0), ev(2, T0 + 60_000)]])
+    # counted, then expired within one batch: nothing is stored for that minute
+    _, _, stored = run(state, [[ev(3, T0 + 30 * 60_000), ev(4, T0 + 2 * HOUR)]], first=1, stored=stored)
+    assert sorted(m for _u, m in w.merge_deltas(stored.items())) == [M0 + 120]
+    assert list(state.seen) == [M0 + 120]
+    assert run(state, [[ev(5, T0 + HOUR + 60_000)]], first=2, stored=stored)[0] == (1, 0, 0)
+    # restored deltas of minutes already out of retention are deleted by the first expiry
+    restored = w.UserWindows(0, 0, HOUR)
+    restored.load(stored.items())
+    restored.watermark_ms = T0 + 4 * HOUR
+    assert sorted(restored.expire()) == sorted(stored)
+
+
+def test_org_deltas_are_re_sent_from_stored_deltas_after_a_crash() -> None:
+    state = w.UserWindows(3, 0, HOUR)
+    _, first_entries, stored = run(state, [[ev(1, T0)], [ev(2, T0 + 60_000)]], first=10)
+    _, second_entries, stored = run(state, [[ev(3, T0 + 120_000)]], first=12, stored=stored)
+    out: w.OrgEntries = {}
+    assert w.resend_org_deltas(3, stored.items(), delivered=11, out=out)
+    assert out == second_entries  # only what was not known delivered, with the same tags
+    out = {}
+    assert w.resend_org_deltas(3, stored.items(), delivered=9, out=out)
+    assert out == {org: first_entries[org] + second_entries[org] for org in out}
+    assert not w.resend_org_deltas(3, stored.items(), delivered=12, out={})
 
 
 def test_org_delta_applies_once_per_source_offset() -> None:
@@ -51,10 +131,42 @@ def test_org_delta_applies_once_per_source_offset() -> None:
     assert b2 is not None and b2[0] == 2 and b2[5] == 8
 
 
+def test_org_fold_matches_apply_org_delta_and_leaves_stored_untouched() -> None:
+    rng = random.Random(5)
+    messages = [(rng.randrange(2), rng.choice("xy"), [[rng.randrange(3), rng.randrange(6), M0 + rng.randrange(3),
+                                                       [1, 2, 3, 4, 5, 14, 7]] for _ in range(4)])
+                for _ in range(40)]
+    expected: dict[str, list[Any]] = {}
+    for _part, org, entries in messages:
+        for sp, so, minute, sums in entries:
+            key = w.org_key(org, minute)
+            bucket = w.apply_org_delta(expected.get(key), sums, sp, so)
+            if bucket is not None:
+                expected[key] = bucket
+    stored = {w.org_key("x", M0): [1, 0, 0, 0, 0, 0, 0, {"0": 2}]}
+    frozen = repr(stored)
+    fold = w.OrgFold(stored)
+    newest = max(fold.apply(part, org, entries) for part, org, entries in messages)
+    assert newest == (M0 + 3) * 60_000 - 1 if any(e[2] == M0 + 2 for m in messages for e in m[2]) else True
+    assert repr(stored) == frozen
+    got = {k: b for k, (_p, b) in fold.buckets.items()}
+    # the stored bucket had applied source (0, 2) and one request before any message
+    base = w.apply_org_delta(None, [1, 0, 0, 0, 0, 0, 0], 0, 2)
+    assert base is not None
+    redo: dict[str, list[Any]] = {w.org_key("x", M0): base}
+    for _part, org, entries in messages:
+        for sp, so, minute, sums in entries:
+            key = w.org_key(org, minute)
+            bucket = w.apply_org_delta(redo.get(key), sums, sp, so)
+            if bucket is not None:
+                redo[key] = bucket
+    assert got == redo
+    assert {k for _p, k, _m in fold.new} == set(redo) - {w.org_key("x", M0)}
+
+
 def test_expiry_index_pops_only_old_minutes() -> None:
     idx = w.ExpiryIndex()
-    old, new = w.user_key("u", T0 // 60_000), w.user_key("u", T0 // 60_000 + 120)
+    old, new = w.org_key("o", M0), w.org_key("o", M0 + 120)
     idx.ensure_loaded(0, lambda: [old, new])
     assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == [old]
     assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == []
-    assert w.id_hash("abc") == w.id_hash("abc") != w.id_hash("abd")
