@@ -182,15 +182,19 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
             fold = windows.OrgFold(orgs)
             progs: dict[int, tuple[dict[str, int], int]] = {}
-            for event in batch:
-                part = event.message.partition
-                if part not in progs:
-                    prog = _progress(org_progress, f"orgd/{part}")
-                    progs[part] = (prog, prog["watermark_ms"])
-                prog = progs[part][0]
-                newest = fold.apply(part, event.value["org"], event.value["entries"])
-                prog["watermark_ms"] = max(prog["watermark_ms"], newest)
-                prog["messages"] += 1
+            gc.disable()  # as in usage_windows
+            try:
+                for event in batch:
+                    part = event.message.partition
+                    if part not in progs:
+                        prog = _progress(org_progress, f"orgd/{part}")
+                        progs[part] = (prog, prog["watermark_ms"])
+                    prog = progs[part][0]
+                    newest = fold.apply(part, event.value["org"], event.value["entries"])
+                    prog["watermark_ms"] = max(prog["watermark_ms"], newest)
+                    prog["messages"] += 1
+            finally:
+                gc.enable()
             for bucket_key, (part, bucket) in fold.buckets.items():
                 orgs.set(part, bucket_key, bucket)
             for part, bucket_key, minute in fold.new:

@@ -11,6 +11,7 @@ from tokentrail.settings import Settings
 
 ORG_DELTAS_SUFFIX = "org-deltas"
 USER_WINDOWS = "user-minute-deltas"
+FETCH_BYTES = 16 * 1024 * 1024  # per partition
 
 
 @dataclass
@@ -27,9 +28,10 @@ def org_deltas_topic(settings: Settings) -> str:
     return f"{settings.app_id}.{ORG_DELTAS_SUFFIX}"
 
 
-def faust_app(app_id: str, settings: Settings, bootstrap: str) -> faust.App:
+def faust_app(app_id: str, settings: Settings, bootstrap: str, **overrides: Any) -> faust.App:
     """A Faust app as every TokenTrail stage runs it. The app id is also the
-    consumer group, so each stage reads the usage topic at its own pace."""
+    consumer group, so each stage reads the usage topic at its own pace.
+    ``overrides``: more Faust settings, for one stage."""
     session_s = settings.session_timeout_ms / 1000
     return faust.App(
         app_id,
@@ -44,11 +46,14 @@ def faust_app(app_id: str, settings: Settings, bootstrap: str) -> faust.App:
         producer_acks=-1,
         web_enabled=False,
         table_cleanup_interval=3600,  # windows expire in event time, by our own code
+        **overrides,
     )
 
 
 def build(settings: Settings, bootstrap: str) -> Processors:
-    app = faust_app(settings.app_id, settings, bootstrap)
+    # Envelopes are up to 512 KiB: Faust's 1 MiB per partition and fetch would
+    # make the processors wait on fetch round trips to fill a batch.
+    app = faust_app(settings.app_id, settings, bootstrap, consumer_max_fetch_size=FETCH_BYTES)
     usage = app.topic(settings.usage_topic, value_serializer="raw", key_serializer="raw",
                       partitions=settings.partitions)
     org_deltas = app.topic(org_deltas_topic(settings), value_serializer="json", key_serializer="raw",

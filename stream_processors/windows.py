@@ -3,8 +3,8 @@
 User windows are kept as *deltas*. Per batch and source partition, the events
 counted in each minute of event time become ONE changelog record (a delta),
 keyed by (partition, minute, first and last source offset of the batch), whose
-value is ``{user_id: bucket}``; a bucket is ``N_SUMS`` sums then the list of the
-event ids it counted. A user-minute window is the sum of its minute's deltas
+value is ``[{user_id: bucket}, {org_id: sums}]``; a user bucket is ``N_SUMS``
+sums followed by the event ids it counted. A user-minute window is the sum of its minute's deltas
 (``merge_deltas``). So a changelog record costs a few hundred events, not one,
 and a record is never rewritten: state grows by exactly the new events.
 
@@ -29,6 +29,8 @@ the sink stores it in history like any other event.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -44,7 +46,7 @@ SEP = "\x1f"  # unit separator: cannot clash with anything sensible in an id
 
 Sums = list[int]
 OrgSums = dict[str, dict[int, Sums]]  # org prefix -> minute -> sums
-OrgEntries = dict[str, list[list[Any]]]  # org prefix -> [[source partition, source offset, minute, sums]]
+OrgEntries = dict[str, list[list[int]]]  # org prefix -> [[source partition, source offset, minute, *sums]]
 
 
 def org_key(org: str, minute: int) -> str:
@@ -107,7 +109,7 @@ class UserWindows:
             seen = self.seen.setdefault(minute, {})
             for user, bucket in orjson.loads(value)[0].items():
                 user = self.users.setdefault(user, user)
-                for event_id in bucket[N_SUMS]:
+                for event_id in islice(bucket, N_SUMS, None):
                     if seen.setdefault(event_id, user) is not user:
                         self.shared_ids.setdefault(minute, set()).add((user, event_id))
 
@@ -162,7 +164,7 @@ class UserWindows:
             total = inp + out + cr + cw
             acc = users.get(user)
             if acc is None:
-                users[user] = [1, inp, out, cr, cw, total, cost, [event_id]]
+                users[user] = [1, inp, out, cr, cw, total, cost, event_id]
             else:
                 acc[0] += 1
                 acc[1] += inp
@@ -171,7 +173,7 @@ class UserWindows:
                 acc[4] += cw
                 acc[5] += total
                 acc[6] += cost
-                acc[7].append(event_id)
+                acc.append(event_id)
             org = event["org_id"]
             acc = orgs.get(org)
             if acc is None:
@@ -227,42 +229,52 @@ class UserWindows:
 
 
 def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], list[Any]]:
-    """User-minute windows from stored deltas: (user_id, minute) -> sums + counted ids."""
+    """User-minute windows from stored deltas: (user_id, minute) -> [*sums, [counted ids]]."""
     out: dict[tuple[str, int], list[Any]] = {}
     for key, value in items:
         minute = delta_minute(key)
         for user, bucket in orjson.loads(value)[0].items():
             acc = out.get((user, minute))
             if acc is None:
-                out[(user, minute)] = [*bucket[:N_SUMS], list(bucket[N_SUMS])]
+                out[(user, minute)] = [*bucket[:N_SUMS], bucket[N_SUMS:]]
             else:
                 add_into(acc, bucket)
-                acc[N_SUMS].extend(bucket[N_SUMS])
+                acc[N_SUMS].extend(bucket[N_SUMS:])
     return out
 
 
-def org_deltas(per_minute: Mapping[int, Mapping[str, Sums]], into: OrgSums | None = None,
-               prefixes: Callable[[str], list[str]] = org_prefixes) -> OrgSums:
+def org_deltas(per_minute: Mapping[int, Mapping[str, Sums]], into: OrgSums | None = None) -> OrgSums:
     """Sums per (org id, minute) -> sums per (org prefix, minute): every prefix of an org is an org."""
     out: OrgSums = {} if into is None else into
     for minute, orgs in per_minute.items():
         for org_id, sums in orgs.items():
-            for org in prefixes(org_id):
-                by_minute = out.setdefault(org, {})
+            for org in _prefixes(org_id):
+                by_minute = out.get(org)
+                if by_minute is None:
+                    by_minute = out[org] = {}
                 acc = by_minute.get(minute)
                 if acc is None:
-                    by_minute[minute] = list(sums)
+                    by_minute[minute] = sums.copy()
                 else:
-                    add_into(acc, sums)
+                    acc[0] += sums[0]
+                    acc[1] += sums[1]
+                    acc[2] += sums[2]
+                    acc[3] += sums[3]
+                    acc[4] += sums[4]
+                    acc[5] += sums[5]
+                    acc[6] += sums[6]
     return out
+
+
+_prefixes = lru_cache(maxsize=1 << 16)(org_prefixes)
 
 
 def add_org_entries(out: OrgEntries, partition: int, offset: int,
                     per_minute: Mapping[int, Mapping[str, Sums]]) -> None:
-    """Append org-delta entries [source partition, source offset, minute, sums] per org prefix."""
+    """Append org-delta entries [source partition, source offset, minute, *sums] per org prefix."""
     for org, by_minute in org_deltas(per_minute).items():
         entries = out.setdefault(org, [])
-        entries.extend([partition, offset, minute, sums] for minute, sums in by_minute.items())
+        entries.extend([partition, offset, minute, *sums] for minute, sums in by_minute.items())
 
 
 def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], delivered: int,
@@ -308,11 +320,12 @@ class OrgFold:
         self.buckets: dict[str, tuple[int, list[Any]]] = {}
         self.new: list[tuple[int, str, int]] = []  # (partition, key, minute)
 
-    def apply(self, partition: int, org: str, entries: Iterable[list[Any]]) -> int:
-        """Apply one message's entries [source partition, source offset, minute, sums];
+    def apply(self, partition: int, org: str, entries: Iterable[list[int]]) -> int:
+        """Apply one message's entries [source partition, source offset, minute, *sums];
         -> the newest minute end it touched (ms), for the watermark."""
         newest = 0
-        for source_part, source_offset, minute, sums in entries:
+        for entry in entries:
+            source_part, source_offset, minute = entry[0], entry[1], entry[2]
             key = f"o{SEP}{org}{SEP}{minute}"
             hit = self.buckets.get(key)
             if hit is None:
@@ -333,7 +346,13 @@ class OrgFold:
             if applied.get(part, -1) >= source_offset:
                 continue  # applied before (a re-sent delta after a crash)
             applied[part] = source_offset
-            add_into(bucket, sums)
+            bucket[0] += entry[3]
+            bucket[1] += entry[4]
+            bucket[2] += entry[5]
+            bucket[3] += entry[6]
+            bucket[4] += entry[7]
+            bucket[5] += entry[8]
+            bucket[6] += entry[9]
         return newest
 
 

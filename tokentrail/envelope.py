@@ -81,6 +81,12 @@ def decode_envelope(value: bytes | None, prices: PriceTable) -> tuple[list[dict[
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return [], [(value, f"message is not JSON: {exc}")]
+    if type(doc) is list:
+        for item in doc:
+            if type(item) is not dict or "ts_ms" not in item or "cost_nanos" not in item or "cost_source" not in item:
+                break
+        else:
+            return doc, []  # all wire form (what producers send): validated at the edge, trusted inside
     items = doc if isinstance(doc, list) else [doc]
     good: list[dict[str, Any]] = []
     bad: list[tuple[object, str]] = []

@@ -40,3 +40,13 @@ def test_decode_trusts_wire_form_and_validates_plain_events() -> None:
     assert decode_envelope(b"not json", PRICES)[1][0][1].startswith("message is not JSON")
     single, _ = decode_envelope(orjson.dumps(raw(3, "u")), PRICES)
     assert single[0]["event_id"] == "e3"
+
+
+def test_decode_all_wire_envelope_and_a_wire_lookalike_missing_a_field() -> None:
+    wire = [encode_event(raw(i, "u"), PRICES) for i in range(3)]
+    good, bad = decode_envelope(orjson.dumps(wire), PRICES)
+    assert good == wire and bad == []
+    partial = {k: v for k, v in wire[0].items() if k != "cost_source"}  # not wire form: validated as v1
+    good, bad = decode_envelope(orjson.dumps([wire[1], partial, 7, raw(9, "u")]), PRICES)
+    assert [e["event_id"] for e in good] == ["e1", "e9"] and good[1]["cost_source"] == "price_table"
+    assert [item for item, _ in bad] == [partial, 7] and "unknown field" in bad[0][1]

@@ -45,10 +45,10 @@ def test_batch_sums_per_user_minute_and_org_prefix() -> None:
     assert buckets[("u1", M0)][: w.N_SUMS] == [2, 20, 2, 4, 6, 32, 200]
     assert buckets[("u1", M0)][w.N_SUMS] == ["e1", "e2"]
     assert buckets[("u2", M0)][0] == 1 and buckets[("u1", M0 + 1)][0] == 1
-    by_org = {(org, minute): sums for org, es in entries.items() for _p, _o, minute, sums in es}
+    by_org = {(org, e[2]): e[3:] for org, es in entries.items() for e in es}
     assert by_org[("a", M0)][0] == 3  # u1 twice + u2 once in minute 0
     assert by_org[("a/b", M0 + 1)][0] == 1 and ("a/c", M0) in by_org
-    assert {(p, o) for es in entries.values() for p, o, _m, _s in es} == {(0, 1)}  # tagged with the batch end
+    assert {(e[0], e[1]) for es in entries.values() for e in es} == {(0, 1)}  # tagged with the batch end
     assert state.watermark_ms == T0 + 60_000
     assert len(stored) == 2  # one record per minute of the batch, not per user
 
@@ -134,11 +134,11 @@ def test_org_delta_applies_once_per_source_offset() -> None:
 def test_org_fold_matches_apply_org_delta_and_leaves_stored_untouched() -> None:
     rng = random.Random(5)
     messages = [(rng.randrange(2), rng.choice("xy"), [[rng.randrange(3), rng.randrange(6), M0 + rng.randrange(3),
-                                                       [1, 2, 3, 4, 5, 14, 7]] for _ in range(4)])
+                                                       1, 2, 3, 4, 5, 14, 7] for _ in range(4)])
                 for _ in range(40)]
     expected: dict[str, list[Any]] = {}
     for _part, org, entries in messages:
-        for sp, so, minute, sums in entries:
+        for sp, so, minute, *sums in entries:
             key = w.org_key(org, minute)
             bucket = w.apply_org_delta(expected.get(key), sums, sp, so)
             if bucket is not None:
@@ -155,7 +155,7 @@ def test_org_fold_matches_apply_org_delta_and_leaves_stored_untouched() -> None:
     assert base is not None
     redo: dict[str, list[Any]] = {w.org_key("x", M0): base}
     for _part, org, entries in messages:
-        for sp, so, minute, sums in entries:
+        for sp, so, minute, *sums in entries:
             key = w.org_key(org, minute)
             bucket = w.apply_org_delta(redo.get(key), sums, sp, so)
             if bucket is not None:
