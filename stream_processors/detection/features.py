@@ -140,10 +140,10 @@ class UserFeatures:
                 ts = self.last_ts  # late event: never move the clock back
             self._gap(ts, (ts - self.last_ts) / 1000.0)
         self._clock(ts, tokens)
-        self._session(ts, session_id)
+        key = self._session(ts, session_id)
         self._prompt(prompt_hash)
         self._size(uncached, cache_read)
-        self.streams.update(ts, client, model, uncached, prompt_hash)
+        self.streams.update(ts, client, model, uncached, prompt_hash, key)
         self.n += 1
         self.last_ts = ts
 
@@ -208,7 +208,7 @@ class UserFeatures:
             self.slot = slot
         self.slot_mask |= 1
 
-    def _session(self, ts: int, session_id: str) -> None:
+    def _session(self, ts: int, session_id: str) -> int:
         key = zlib.crc32(session_id.encode())
         sessions = self.sessions
         entry = sessions.get(key)
@@ -225,6 +225,7 @@ class UserFeatures:
             live = sum(1 for e in sessions.values() if e[1] >= cutoff and e[2] >= 2)
             self.conc += A_CONC * (live - self.conc)
             self.conc_ts = ts
+        return key
 
     def _session_start(self, ts: int) -> None:
         if self.ss_n > 0:

@@ -107,20 +107,24 @@ def flat_day(f: UserFeatures) -> Signal:
                   f"active in {active} of the last 48 ten-minute slots, no breaks")
 
 
-def growth(f: UserFeatures) -> Signal:
-    """Steady growth across complete 6 h blocks, day and night alike (people sleep)."""
-    counts = f.block_counts()[-7:-1]
+def _growth(counts: list[float], observed_h: float, weight: float, where: str) -> Signal:
+    """Steady growth across the last six complete 6 h blocks, day and night alike (people sleep)."""
+    counts = counts[-7:-1]
     steady = all(b >= 0.8 * a for a, b in itertools.pairwise(counts))
-    if f.hours_observed() < 36 or min(counts) < 3 or not steady:
-        return Signal("growth", 0.0, 0.7, "")
+    if observed_h < 36 or min(counts) < 3 or not steady:
+        return Signal("growth", 0.0, weight, "")
     logs = [math.log(c) for c in counts]
     n = len(logs)
     xm, ym = (n - 1) / 2, sum(logs) / n
     sxx = sum((i - xm) ** 2 for i in range(n))
     slope = sum((i - xm) * (y - ym) for i, y in enumerate(logs)) / sxx * 4  # per day
     per_day = math.exp(slope)
-    return Signal("growth", _clamp((slope - math.log(1.3)) / math.log(1.5)), 0.7,
-                  f"requests growing ×{per_day:.1f} a day for 36 h without a night's break")
+    return Signal("growth", _clamp((slope - math.log(1.3)) / math.log(1.5)), weight,
+                  f"requests{where} growing ×{per_day:.1f} a day for 36 h without a night's break")
+
+
+def growth(f: UserFeatures) -> Signal:
+    return _growth(f.block_counts(), f.hours_observed(), 0.7, "")
 
 
 def size_regularity(f: UserFeatures) -> Signal:
@@ -158,6 +162,28 @@ def stream_cadence(s: Stream) -> Signal:
     return Signal("cadence", strength, 0.7 + 0.35 * held, reason)
 
 
+def stream_no_rest(s: Stream, now: int) -> Signal:
+    """One tool/model busy every hour for most of a day: a process, not a person's shift
+    (people's busiest streams stay under ~15 consecutive hours)."""
+    hours = s.hours_without_rest(now)
+    return Signal("no_rest", _clamp((hours - 16) / 6), 0.8,
+                  f"requests from {s.label} in each of the last {hours} hours")
+
+
+def stream_growth(s: Stream, now: int) -> Signal:
+    return _growth([float(c) for c in s.block_counts(now)], (now - s.first_ts) / HOUR_MS, 0.7,
+                   f" from {s.label}")
+
+
+def stream_sessions(s: Stream) -> Signal:
+    """Session ids rotated on a timer: each new one begins without a pause, never two at once."""
+    seamless, new = s.seamless_sessions(12)
+    strength = _clamp((seamless - 4) / 4) if new >= 8 else 0.0
+    return Signal("sessions", strength, 1.0,
+                  f"{seamless} of the last {new} sessions from {s.label} began with no pause after "
+                  f"the previous one, never two at once")
+
+
 def stream_repetition(s: Stream) -> Signal:
     share = s.repeat_share()
     strength = _clamp((share - 0.2) / 0.4) * _clamp((s.n - 6) / 14)
@@ -173,11 +199,13 @@ def stream_context(s: Stream) -> Signal:
 
 def signals(f: UserFeatures, now: int) -> list[Signal]:
     found = {s.name: s for s in (cadence(f, now), repetition(f), no_rest(f, now), concurrency(f),
-                                 context_burn(f), flat_day(f), growth(f), size_regularity(f))}
+                                 context_burn(f), flat_day(f), growth(f), size_regularity(f),
+                                 Signal("sessions", 0.0, 1.0, ""))}  # sessions: streams only
     for stream in f.streams.table.values():
         if now - stream.last_ts > STALE_MS:
             continue
-        for sig in (stream_cadence(stream), stream_repetition(stream), stream_context(stream)):
+        for sig in (stream_cadence(stream), stream_repetition(stream), stream_context(stream),
+                    stream_no_rest(stream, now), stream_growth(stream, now), stream_sessions(stream)):
             if sig.evidence > found[sig.name].evidence:
                 found[sig.name] = sig
     return list(found.values())

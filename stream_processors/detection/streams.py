@@ -33,9 +33,15 @@ CALM_HI = 0.6  # ... or log(q95 / median) below this: no pauses at all, only a s
 # therefore weighs how long a stream has stayed in the regime, not a single window.
 BIG_CONTEXT = 100_000
 LABEL_MAX = 48
+HOUR_MS = 3_600_000
+BLOCK_HOURS = 6  # growth resolution, as the user-level blocks
+BLOCKS = 8
+SESSION_RING = 8  # distinct session keys remembered per stream
+MIN_SESSION = 4  # shorter sessions (a fresh id per request, say) say nothing about pauses
+SEAMLESS_GAPS = 3  # a new session this soon (in median gaps) after the last request: no pause
 _MASK64 = (1 << 64) - 1
-_HEAD = struct.Struct("<qqqqiiQQddddd")
-VERSION = 0x81  # first byte of a serialised Streams; older state began with a count 0..4
+_HEAD = struct.Struct("<qqqqiiQQdddddQqHHH")
+VERSION = 0x85  # first byte of a serialised Streams; older state began with a count 0..4
 
 
 def _fingerprint(prompt_hash: str) -> int:
@@ -48,8 +54,30 @@ def _fingerprint(prompt_hash: str) -> int:
 class Stream:
     """Recent behaviour of one client/model stream of one user."""
 
-    __slots__ = ("big_bits", "first_ts", "gaps", "hi", "label", "last_ts", "med_gap", "n", "near",
-                 "prompts", "regular_since", "rep_bits", "rsd", "span", "up_since")
+    __slots__ = (
+        "big_bits",
+        "blocks",
+        "first_ts",
+        "gaps",
+        "hi",
+        "hour",
+        "hour_mask",
+        "label",
+        "last_ts",
+        "med_gap",
+        "n",
+        "near",
+        "prompts",
+        "regular_since",
+        "rep_bits",
+        "rsd",
+        "seam_bits",
+        "seam_n",
+        "sess_len",
+        "sessions",
+        "span",
+        "up_since",
+    )
 
     def __init__(self, label: str, ts: int) -> None:
         self.label = label
@@ -61,23 +89,67 @@ class Stream:
         self.rep_bits = self.big_bits = 0  # last 64 requests: repeated prompt / ≥100k uncached
         self.med_gap = self.rsd = self.near = self.span = 0.0
         self.hi = 9.0  # log(q95 / median gap); large until measured
+        self.hour = ts // HOUR_MS
+        self.hour_mask = 0  # bit i: a request in the hour i hours before ``hour``
+        self.blocks = array("H", bytes(2 * BLOCKS))  # requests per 6 h block (ring by block number)
+        self.sessions = array("I", bytes(4 * SESSION_RING))  # last distinct session keys, newest last
+        self.seam_bits = self.seam_n = 0  # new sessions begun without a pause, since the last overlap
+        self.sess_len = 0  # requests in the current session
 
-    def update(self, ts: int, uncached: int, prompt_hash: str) -> None:
+    def update(self, ts: int, uncached: int, prompt_hash: str, session: int = 0) -> None:
+        gap = ts - self.last_ts
         if self.n:
-            gap = max(0, ts - self.last_ts)
+            gap = max(0, gap)
             if gap > BREAK_MS:  # a pause ends a run, and any cadence with it
                 self.up_since = ts
                 self.regular_since = 0
             self.gaps[(self.n - 1) % RING] = min(gap, 0xFFFFFFFF)
+        hour = ts // HOUR_MS
+        if hour > self.hour:
+            block, old = hour // BLOCK_HOURS, self.hour // BLOCK_HOURS
+            for b in range(old + 1, min(block, old + BLOCKS) + 1):
+                self.blocks[b % BLOCKS] = 0
+            self.hour_mask = (self.hour_mask << min(hour - self.hour, 64)) & _MASK64
+            self.hour = hour
+        self.hour_mask |= 1
+        slot = self.hour // BLOCK_HOURS % BLOCKS
+        self.blocks[slot] = min(self.blocks[slot] + 1, 0xFFFF)
         fp = _fingerprint(prompt_hash)
         seen = fp != 0 and fp in self.prompts
         self.prompts[self.n % PROMPT_RING] = fp
         self.rep_bits = ((self.rep_bits << 1) | seen) & _MASK64
         self.big_bits = ((self.big_bits << 1) | (uncached >= BIG_CONTEXT)) & _MASK64
+        if self.n and session != self.sessions[-1]:
+            self._new_session(session, gap)
+            self.sess_len = 0
+        elif not self.n:
+            self.sessions[-1] = session
+        self.sess_len = min(self.sess_len + 1, 0xFFFF)
         self.n += 1
         self.last_ts = max(self.last_ts, ts)
         if self.n % (CHECK_EVERY if self.n > RING else CHECK_EVERY // 2) == 0:
             self._measure()  # twice as often while the ring fills: first evidence sooner
+
+    def _new_session(self, session: int, gap: int) -> None:
+        """A script that rotates session ids starts each one the moment the last one ends, and
+        never has two open at once; people pause between conversations, and agent users
+        run several side by side (a return to an open one resets the evidence)."""
+        ring = self.sessions
+        if session in ring:  # back to one still open: sessions overlap
+            self.seam_bits = self.seam_n = 0
+            ring.remove(session)
+        else:
+            del ring[0]
+            if self.sess_len >= MIN_SESSION:  # a conversation ended (not a fresh id per request)
+                seamless = self.med_gap > 0 and gap < SEAMLESS_GAPS * self.med_gap * 1000
+                self.seam_bits = ((self.seam_bits << 1) | seamless) & 0xFFFF
+                self.seam_n = min(self.seam_n + 1, 0xFFFF)
+        ring.append(session)
+
+    def seamless_sessions(self, last: int = 12) -> tuple[int, int]:
+        """(new sessions begun without a pause, new sessions) among the last ``last``."""
+        n = min(last, self.seam_n)
+        return (self.seam_bits & ((1 << n) - 1)).bit_count(), n
 
     def _measure(self) -> None:
         """Median gap, robust spread and near-identical share of the recent gaps."""
@@ -101,6 +173,19 @@ class Stream:
 
     # ---- derived ----------------------------------------------------------------------
 
+    def hours_without_rest(self, now: int) -> int:
+        """Consecutive hours with requests, back from the current hour (or the one before)."""
+        mask = (self.hour_mask << min(max(0, now // HOUR_MS - self.hour), 64)) & _MASK64
+        if not mask & 1:
+            mask >>= 1  # the current hour may only just have begun
+        return (~mask & (mask + 1)).bit_length() - 1
+
+    def block_counts(self, now: int) -> list[int]:
+        """Requests per 6 h block, oldest first, ending with the block of ``now``."""
+        current, last = now // HOUR_MS // BLOCK_HOURS, self.hour // BLOCK_HOURS
+        return [self.blocks[b % BLOCKS] if last - BLOCKS < b <= last else 0
+                for b in range(current - BLOCKS + 1, current + 1)]
+
     def recent(self) -> int:
         return min(self.n, 64)
 
@@ -116,21 +201,28 @@ class Stream:
         label = self.label.encode()
         head = _HEAD.pack(self.first_ts, self.last_ts, self.up_since, self.regular_since, self.n,
                           len(label), self.rep_bits, self.big_bits, self.med_gap,
-                          self.rsd, self.near, self.span, self.hi)
+                          self.rsd, self.near, self.span, self.hi, self.hour_mask, self.hour,
+                          self.seam_bits, self.seam_n, self.sess_len)
         count = min(max(self.n - 1, 0), RING)
         prompts = min(self.n, PROMPT_RING)
-        return head + label + self.gaps[:count].tobytes() + self.prompts[:prompts].tobytes()
+        return (head + label + self.blocks.tobytes() + self.sessions.tobytes() + self.gaps[:count].tobytes()
+                + self.prompts[:prompts].tobytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, pos: int) -> tuple[Stream, int]:
         (first, last, up, regular, n, label_len, rep, big, med, rsd,
-         near, span, hi) = _HEAD.unpack_from(data, pos)
+         near, span, hi, hour_mask, hour, seam_bits, seam_n, sess_len) = _HEAD.unpack_from(data, pos)
         pos += _HEAD.size
         s = cls(data[pos:pos + label_len].decode(errors="replace"), first)
         pos += label_len
         s.last_ts, s.up_since, s.regular_since, s.n = last, up, regular, n
         s.rep_bits, s.big_bits, s.med_gap, s.rsd, s.near, s.span, s.hi = rep, big, med, rsd, near, span, hi
+        s.hour_mask, s.hour, s.seam_bits, s.seam_n, s.sess_len = hour_mask, hour, seam_bits, seam_n, sess_len
         count, prompts = min(max(n - 1, 0), RING), min(n, PROMPT_RING)
+        s.blocks = array("H", data[pos:pos + 2 * BLOCKS])
+        pos += 2 * BLOCKS
+        s.sessions = array("I", data[pos:pos + 4 * SESSION_RING])
+        pos += 4 * SESSION_RING
         s.gaps[:count] = array("I", data[pos:pos + 4 * count])
         pos += 4 * count
         s.prompts[:prompts] = array("H", data[pos:pos + 2 * prompts])
@@ -145,14 +237,15 @@ class Streams:
     def __init__(self) -> None:
         self.table: dict[str, Stream] = {}
 
-    def update(self, ts: int, client: str, model: str, uncached: int, prompt_hash: str) -> None:
+    def update(self, ts: int, client: str, model: str, uncached: int, prompt_hash: str,
+               session: int = 0) -> None:
         label = f"{client or '-'}/{model}"[:LABEL_MAX]
         stream = self.table.get(label)
         if stream is None:
             if len(self.table) >= MAX_STREAMS:
                 del self.table[min(self.table, key=lambda k: self.table[k].n)]
             stream = self.table[label] = Stream(label, ts)
-        stream.update(ts, uncached, prompt_hash)
+        stream.update(ts, uncached, prompt_hash, session)
 
     def to_bytes(self) -> bytes:
         return bytes([VERSION, len(self.table)]) + b"".join(s.to_bytes() for s in self.table.values())

@@ -105,3 +105,101 @@ def test_busy_stream_survives_many_small_ones_and_state_round_trips() -> None:
     f.streams = streams
     assert len(f.to_bytes()) <= 4096 and UserFeatures.from_bytes(f.to_bytes()).to_bytes() == f.to_bytes()
     assert score(f)[0] >= 0.0
+
+
+def test_wide_jitter_loop_without_pauses_is_caught_within_45_minutes() -> None:
+    # sleep(uniform(0.3, 1.7) * 30 s): too wide a band for the spread tests, but it never pauses.
+    rng = random.Random(5)
+    start = T0 + 2 * H
+    _, alerts = _run(_coder(rng, T0, 6) + _loop(rng, start, 3, 30, 0.7, prompts=None))
+    assert alerts and alerts[0][0] - start <= 45 * MIN
+    assert any(r.startswith("requests every") and "from api/gpt-5" in r for r in alerts[0][1].reasons)
+
+
+def test_a_pause_ends_a_cadence_and_its_backdating() -> None:
+    streams = Streams()
+    for i in range(30):
+        streams.update(T0 + i * 60_000, "api", "m", 1000, f"{i:016x}")
+    stream = streams.table["api/m"]
+    assert stream.regular_since
+    resume = T0 + 30 * 60_000 + 2 * H
+    streams.update(resume, "api", "m", 1000, "ff")
+    assert stream.regular_since == 0
+    for i in range(1, 20):
+        streams.update(resume + i * 60_000, "api", "m", 1000, f"{i + 100:016x}")
+    assert stream.regular_since >= resume  # not dated back across the two-hour pause
+
+
+def test_replayed_session_is_caught_soon_after_the_replay_begins() -> None:
+    rng = random.Random(6)
+    tape = _coder(rng, 0, 0.75)  # one recorded agent session, then played back again and again
+    tape = [(t - tape[0][0], e) for t, e in tape if t - tape[0][0] < 45 * MIN]
+    start, events = T0 + 3 * H, []
+    for play in range(4):
+        offset = start + play * (tape[-1][0] + 2 * MIN)
+        events += [(offset + t, {**e, "session_id": f"replay-{play}"}) for t, e in tape]
+    replay_at = start + tape[-1][0] + 2 * MIN
+    _, alerts = _run(_coder(rng, T0, 8) + events)
+    assert alerts and alerts[0][0] >= replay_at and alerts[0][0] - replay_at <= 30 * MIN
+    assert any("were sent before, verbatim" in r for r in alerts[0][1].reasons), alerts[0][1].reasons
+
+
+def test_state_from_before_the_stream_version_still_loads() -> None:
+    f = UserFeatures()
+    for i in range(100):
+        f.update(T0 + i * 30_000, 2000, 1500, 0, "s", f"{i % 5:016x}", "api", "m")
+    new = f.to_bytes()
+    old = new[:len(new) - len(f.streams.to_bytes()) - 9] + bytes([0])  # count-first, no trailer
+    g = UserFeatures.from_bytes(old)
+    assert g.streams.table == {} and g.seq_bits == 0 and g.n == f.n and g.rep == f.rep
+    g.update(T0 + 100 * 30_000, 2000, 1500, 0, "s", "ff", "api", "m")
+    assert UserFeatures.from_bytes(g.to_bytes()).to_bytes() == g.to_bytes()
+
+
+def _office_imitator(rng: random.Random, start: int, hours: float) -> list[tuple[int, dict]]:
+    """Human-looking gaps, fresh prompts, a new session every ~30 minutes with no pause."""
+    out, t, sid, renew = [], start, 0, start + 30 * MIN
+    while t < start + hours * H:
+        if t >= renew:
+            sid, renew = sid + 1, t + rng.randint(15, 45) * MIN
+        out.append((t, {"client": "claude-code", "model": "claude-sonnet-4-5", "session_id": f"o{sid}",
+                        "input_tokens": rng.randint(300, 4000), "cache_read_tokens": 0,
+                        "prompt_hash": f"{rng.getrandbits(64):016x}"}))
+        t += int(min(max(2.0, 30 * rng.lognormvariate(0, 0.8)), 360) * 1000) + rng.randint(500, 5000)
+    return out
+
+
+def test_sessions_rotated_without_a_pause_are_caught_in_a_working_day() -> None:
+    rng = random.Random(7)
+    start = T0 + 9 * H
+    _, alerts = _run(_coder(rng, T0 + 8 * H, 9) + _office_imitator(rng, start, 8))
+    assert alerts and alerts[0][0] - start <= 8 * H
+    assert any("began with no pause after the previous one" in r for r in alerts[0][1].reasons)
+
+
+def test_parallel_agent_sessions_and_per_request_ids_are_not_rotated_sessions() -> None:
+    rng = random.Random(8)
+    events = []
+    for lane in range(3):  # three agent sessions side by side, renewed often
+        events += [(t, {**e, "session_id": f"{lane}-{e['session_id']}"})
+                   for t, e in _coder(rng, T0 + lane * MIN, 9)]
+    streams = Streams()
+    for t, e in sorted(events, key=lambda x: x[0]):
+        streams.update(t, "claude-code", "claude-opus-4-1", 1000, e["prompt_hash"], hash(e["session_id"]) & 0xFFFFFFFF)
+    assert streams.table["claude-code/claude-opus-4-1"].seamless_sessions()[0] <= 2
+    fresh = Streams()  # a client that mints a new session id for every request
+    for i in range(500):
+        fresh.update(T0 + i * 20_000, "api", "m", 1000, f"{i:016x}", i + 1)
+    assert fresh.table["api/m"].seamless_sessions() == (0, 0)
+
+
+def test_a_stream_busy_round_the_clock_is_no_rest_but_a_long_day_is_not() -> None:
+    streams = Streams()
+    for i in range(26 * 12):  # every 5 minutes for 26 hours
+        streams.update(T0 + i * 5 * MIN, "api", "m", 1000, f"{i:016x}")
+    assert streams.table["api/m"].hours_without_rest(T0 + 26 * H) >= 25
+    day = Streams()
+    for i in range(14 * 12):  # a 14-hour day, then the night
+        day.update(T0 + i * 5 * MIN, "api", "m", 1000, f"{i:016x}")
+    assert day.table["api/m"].hours_without_rest(T0 + 14 * H) == 14
+    assert day.table["api/m"].hours_without_rest(T0 + 20 * H) == 0
