@@ -43,6 +43,7 @@ SUM_FIELDS = ("requests", "input_tokens", "output_tokens", "cache_read_tokens", 
               "total_tokens", "cost_nanos")
 N_SUMS = len(SUM_FIELDS)
 SEP = "\x1f"  # unit separator: cannot clash with anything sensible in an id
+MAX_CANON_USERS = 1 << 17
 
 Sums = list[int]
 OrgSums = dict[str, dict[int, Sums]]  # org prefix -> minute -> sums
@@ -204,9 +205,11 @@ class UserWindows:
         if horizon <= self.horizon:
             return []
         self.horizon = horizon
+        if len(self.users) > MAX_CANON_USERS:
+            self.users = {}  # bounded: ids are compared by value, sharing the strings only saves memory
         gone: list[str] = []
-        for minute in [m for m in self.seen if m < horizon]:
-            del self.seen[minute]
+        for minute in [m for m in self.seen.keys() | self.keys.keys() if m < horizon]:
+            self.seen.pop(minute, None)
             self.shared_ids.pop(minute, None)
             self.pending.pop(minute, None)  # counted, then expired within the batch: nothing to keep
             self.pending_orgs.pop(minute, None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from stream_processors import windows as w
 
 T0 = 1_795_425_300_000  # a minute boundary
@@ -170,3 +172,90 @@ def test_expiry_index_pops_only_old_minutes() -> None:
     idx.ensure_loaded(0, lambda: [old, new])
     assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == [old]
     assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == []
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int) -> None:
+    """The usage agent's order (fold; store deltas; progress; then org deltas),
+    re-run after crashes at random points with random batch boundaries, ends
+    with exact user and org windows, re-sent events counted once."""
+    rng = random.Random(seed)
+    users = [f"u{i}" for i in range(7)]
+    pool = [ev(i, T0 + rng.randrange(30) * 20_000, user=rng.choice(users), org=rng.choice(["a/b", "a/c", "d"]),
+               tokens=rng.randrange(100)) for i in range(300)]  # a re-sent event is the same event
+    envelopes: dict[int, list[list[dict[str, Any]]]] = {0: [], 1: []}
+    for part in (0, 1):
+        mine = [e for e in pool if int(e["user_id"][1:]) % 2 == part]
+        for _ in range(60):
+            envelopes[part].append([rng.choice(mine) for _ in range(5)])
+    stored: dict[str, bytes] = {}
+    progress = {part: {"offset": -1, "orgs_sent": -1, "watermark_ms": 0} for part in (0, 1)}
+    org_store: dict[str, list[Any]] = {}
+    memory: dict[int, w.UserWindows] = {}
+
+    def maybe_crash(p: float) -> None:
+        if rng.random() < p:
+            raise Crash
+
+    def batch(part: int) -> None:
+        prog = progress[part]
+        entries: w.OrgEntries = {}
+        state = memory.get(part)
+        if state is None or state.offset != prog["offset"]:
+            state = w.UserWindows(part, prog["watermark_ms"], 10 * HOUR)
+            mine = [(k, v) for k, v in stored.items() if k.startswith(w.delta_prefix(part))]
+            state.load(mine)
+            state.offset = prog["offset"]
+            state.resent = w.resend_org_deltas(part, mine, prog["orgs_sent"], entries)
+            memory[part] = state
+        first = prog["offset"] + 1
+        last = min(first + rng.randrange(1, 8), len(envelopes[part])) - 1
+        if last >= first:
+            for offset in range(first, last + 1):
+                state.fold(envelopes[part][offset])
+            for key in state.expire():
+                stored.pop(key, None)
+            for key, value, orgs in state.take_deltas(first, last):
+                maybe_crash(0.1)
+                stored[key] = value
+                w.add_org_entries(entries, part, last, orgs)
+            maybe_crash(0.1)
+            progress[part] = {"offset": last, "watermark_ms": state.watermark_ms,
+                              "orgs_sent": prog["orgs_sent"] if state.resent else prog["offset"]}
+            state.resent = False
+            state.offset = last
+        for org, org_entries in entries.items():
+            maybe_crash(0.05)
+            fold = w.OrgFold(org_store)
+            fold.apply(0, org, org_entries)
+            org_store.update({k: b for k, (_p, b) in fold.buckets.items()})
+
+    while any(progress[p]["offset"] < len(envelopes[p]) - 1 for p in (0, 1)):
+        try:
+            batch(rng.randrange(2))
+        except Crash:
+            memory.clear()
+    for part in (0, 1):  # a last restart re-sends what a final crash may have cut off
+        while True:
+            memory.clear()
+            try:
+                batch(part)
+                break
+            except Crash:
+                pass
+
+    unique = {e["event_id"]: e for part in (0, 1) for env in envelopes[part] for e in env}
+    expected_users: dict[tuple[str, int], int] = {}
+    expected_orgs: dict[str, int] = {}
+    for e in unique.values():
+        minute = e["ts_ms"] // 60_000
+        expected_users[(e["user_id"], minute)] = expected_users.get((e["user_id"], minute), 0) + e["input_tokens"]
+        for org in ({"a/b": ["a", "a/b"], "a/c": ["a", "a/c"], "d": ["d"]}[e["org_id"]]):
+            key = w.org_key(org, minute)
+            expected_orgs[key] = expected_orgs.get(key, 0) + e["input_tokens"]
+    assert {k: b[1] for k, b in w.merge_deltas(stored.items()).items()} == expected_users
+    assert {k: b[1] for k, b in org_store.items()} == expected_orgs
