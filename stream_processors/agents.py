@@ -131,9 +131,10 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
                 continue
             for bucket_key in state.expire():
                 users.delete(part, bucket_key)
-            for bucket_key, value, orgs_per_minute in state.take_deltas(first, last):
+            records, orgs_per_minute = state.take_deltas(first, last)
+            for bucket_key, value in records:
                 users.set(part, bucket_key, value)
-                windows.add_org_entries(deltas, part, last, orgs_per_minute)
+            windows.add_org_entries(deltas, part, last, orgs_per_minute)
             # Every earlier batch's org deltas were delivered before this one began,
             # but not org deltas re-sent in this batch after a restart.
             orgs_sent = prog["orgs_sent"] if state.resent else applied

@@ -46,7 +46,7 @@ SEP = "\x1f"  # unit separator: cannot clash with anything sensible in an id
 MAX_CANON_USERS = 1 << 17
 
 Sums = list[int]
-OrgSums = dict[str, dict[int, Sums]]  # org prefix -> minute -> sums
+PerMinuteOrgs = dict[int, dict[str, Sums]]  # minute -> org id -> sums
 OrgEntries = dict[str, list[list[int]]]  # org prefix -> [[source partition, source offset, minute, *sums]]
 
 
@@ -216,19 +216,19 @@ class UserWindows:
             gone.extend(self.keys.pop(minute, ()))
         return gone
 
-    def take_deltas(self, first_offset: int, last_offset: int) -> list[tuple[str, bytes, dict[int, dict[str, Sums]]]]:
-        """This batch's deltas as (key, value, {minute: {org_id: sums}}) records;
+    def take_deltas(self, first_offset: int, last_offset: int) -> tuple[list[tuple[str, bytes]], PerMinuteOrgs]:
+        """This batch's deltas as (key, value) records, and its org sums per minute;
         the batch covered these source offsets. Value: ``[{user_id: bucket}, {org_id: sums}]``."""
-        out = []
+        records = []
+        orgs = self.pending_orgs
         for minute, users in self.pending.items():
             if users:
                 key = delta_key(self.partition, minute, first_offset, last_offset)
                 self.keys.setdefault(minute, []).append(key)
-                orgs = self.pending_orgs.get(minute, {})
-                out.append((key, orjson.dumps([users, orgs]), {minute: orgs}))
+                records.append((key, orjson.dumps([users, orgs[minute]])))
         self.pending = {}
         self.pending_orgs = {}
-        return out
+        return records, orgs
 
 
 def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], list[Any]]:
@@ -246,38 +246,36 @@ def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], li
     return out
 
 
-def org_deltas(per_minute: Mapping[int, Mapping[str, Sums]], into: OrgSums | None = None) -> OrgSums:
-    """Sums per (org id, minute) -> sums per (org prefix, minute): every prefix of an org is an org."""
-    out: OrgSums = {} if into is None else into
+def add_org_entries(out: OrgEntries, partition: int, offset: int, per_minute: PerMinuteOrgs) -> None:
+    """Append org-delta entries [source partition, source offset, minute, *sums], one per
+    (org prefix, minute): every prefix of an org is an org."""
+    by_org: dict[str, dict[int, list[int]]] = {}
     for minute, orgs in per_minute.items():
         for org_id, sums in orgs.items():
             for org in _prefixes(org_id):
-                by_minute = out.get(org)
+                by_minute = by_org.get(org)
                 if by_minute is None:
-                    by_minute = out[org] = {}
-                acc = by_minute.get(minute)
-                if acc is None:
-                    by_minute[minute] = sums.copy()
+                    by_minute = by_org[org] = {}
+                entry = by_minute.get(minute)
+                if entry is None:
+                    by_minute[minute] = [partition, offset, minute, *sums]
                 else:
-                    acc[0] += sums[0]
-                    acc[1] += sums[1]
-                    acc[2] += sums[2]
-                    acc[3] += sums[3]
-                    acc[4] += sums[4]
-                    acc[5] += sums[5]
-                    acc[6] += sums[6]
-    return out
+                    entry[3] += sums[0]
+                    entry[4] += sums[1]
+                    entry[5] += sums[2]
+                    entry[6] += sums[3]
+                    entry[7] += sums[4]
+                    entry[8] += sums[5]
+                    entry[9] += sums[6]
+    for org, by_minute in by_org.items():
+        entries = out.get(org)
+        if entries is None:
+            out[org] = list(by_minute.values())
+        else:
+            entries.extend(by_minute.values())
 
 
 _prefixes = lru_cache(maxsize=1 << 16)(org_prefixes)
-
-
-def add_org_entries(out: OrgEntries, partition: int, offset: int,
-                    per_minute: Mapping[int, Mapping[str, Sums]]) -> None:
-    """Append org-delta entries [source partition, source offset, minute, *sums] per org prefix."""
-    for org, by_minute in org_deltas(per_minute).items():
-        entries = out.setdefault(org, [])
-        entries.extend([partition, offset, minute, *sums] for minute, sums in by_minute.items())
 
 
 def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], delivered: int,
@@ -285,11 +283,14 @@ def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], deliv
     """Org deltas of stored user deltas whose batch ended after ``delivered`` (the
     source offset up to which org deltas are known delivered), as first sent:
     a crash may have cut them off. -> whether there were any."""
-    again = sorted((delta_last_offset(key), delta_minute(key), value) for key, value in stored
-                   if delta_last_offset(key) > delivered)
-    for last, minute, value in again:
-        add_org_entries(out, partition, last, {minute: orjson.loads(value)[1]})
-    return bool(again)
+    by_batch: dict[int, PerMinuteOrgs] = {}
+    for key, value in stored:
+        last = delta_last_offset(key)
+        if last > delivered:
+            by_batch.setdefault(last, {})[delta_minute(key)] = orjson.loads(value)[1]
+    for last in sorted(by_batch):
+        add_org_entries(out, partition, last, by_batch[last])
+    return bool(by_batch)
 
 
 def apply_org_delta(

@@ -30,7 +30,7 @@ def test_user_delta_records_match_faust_serialisation() -> None:
     state.fold([{"event_id": "e\"1", "ts_ms": 1_795_425_300_000, "user_id": "ü", "org_id": "a/b",
                  "input_tokens": 1, "output_tokens": 2, "cache_read_tokens": 3, "cache_write_tokens": 4,
                  "cost_nanos": 5}])
-    [(key, value, _orgs)] = state.take_deltas(7, 9)
+    [(key, value)], _orgs = state.take_deltas(7, 9)
     assert orjson.dumps(key) == topic.prepare_key(key, None, None)[0]
     assert _encode(value) == value == topic.prepare_value(value, None, None)[0]
     assert orjson.loads(value) == [{"ü": [1, 1, 2, 3, 4, 10, 5, "e\"1"]}, {"a/b": [1, 1, 2, 3, 4, 10, 5]}]

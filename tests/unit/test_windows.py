@@ -31,10 +31,11 @@ def run(state: w.UserWindows, envelopes: list[list[dict[str, Any]]], first: int 
         stored.pop(key)
     entries: w.OrgEntries = {}
     last = first + len(envelopes) - 1
-    for key, value, orgs in state.take_deltas(first, last):
+    records, orgs = state.take_deltas(first, last)
+    for key, value in records:
         assert key not in stored  # a delta is never rewritten
         stored[key] = value
-        w.add_org_entries(entries, state.partition, last, orgs)
+    w.add_org_entries(entries, state.partition, last, orgs)
     return (counts[0], counts[1], counts[2]), entries, stored
 
 
@@ -219,10 +220,11 @@ def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int) -> None:
                 state.fold(envelopes[part][offset])
             for key in state.expire():
                 stored.pop(key, None)
-            for key, value, orgs in state.take_deltas(first, last):
+            records, orgs = state.take_deltas(first, last)
+            for key, value in records:
                 maybe_crash(0.1)
                 stored[key] = value
-                w.add_org_entries(entries, part, last, orgs)
+            w.add_org_entries(entries, part, last, orgs)
             maybe_crash(0.1)
             progress[part] = {"offset": last, "watermark_ms": state.watermark_ms,
                               "orgs_sent": prog["orgs_sent"] if state.resent else prog["offset"]}
