@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import orjson
 
 from tokentrail.errors import TokenTrailError
 from tokentrail.runtime.child import ChildStack, free_port
+from tokentrail.runtime.topics import create_missing, pipeline_topics
+from tokentrail.settings import Settings
 
 __all__ = ["RunningStack", "free_port"]
 
@@ -126,3 +130,27 @@ class WebhookReceiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def isolated_settings(bootstrap: str, **overrides: Any) -> Settings:
+    """Settings with topics and groups of their own (one broker serves a whole test
+    session), the topics created; quick group joins on Tansu."""
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(**{
+        "usage_topic": f"usage-{tag}", "dead_letter_topic": f"dlq-{tag}", "stats_topic": f"stats-{tag}",
+        "alerts_topic": f"alerts-{tag}", "risk_topic": f"risk-{tag}", "sink_group": f"sink-{tag}",
+        "alert_sink_group": f"as-{tag}", "sink_flush_s": 0.2, "session_timeout_ms": 2000, **overrides})
+    create_missing(bootstrap, pipeline_topics(s))
+    return s
+
+
+def run_until(stage: Any, predicate: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Start a sink-like stage (start/stop), wait until ``predicate()``, stop it."""
+    stage.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stage.stop()
+    assert predicate(), getattr(stage, "stats", None)

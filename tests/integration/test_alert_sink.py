@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from api.alerts_query import AlertsQuery, build_sql, to_page
 from stream_processors.alert_sink import AlertSink
+from tests.helpers import isolated_settings, run_until
 from tokentrail.alerts import alert_message, encode, risk_message
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.runtime.topics import create_missing, pipeline_topics
-from tokentrail.settings import Settings
 from tokentrail.store import Store, open_store
 
 pytestmark = pytest.mark.integration
@@ -33,15 +30,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s.close()
 
 
-def fresh_settings(broker: EmbeddedBroker) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}",
-                 alerts_topic=f"alerts-{tag}", risk_topic=f"risk-{tag}", alert_sink_group=f"as-{tag}",
-                 partitions=2, sink_flush_s=0.2, session_timeout_ms=2000)  # quick group joins on Tansu
-    create_missing(broker.bootstrap, pipeline_topics(s))
-    return s
-
-
 def alert(alert_id: str, user: str, end_h: int, score: float, detected_ms: int) -> bytes:
     return encode(alert_message(alert_id, user, "acme/eng", "tokenmaxxing", "medium", score, (T0, T0 + end_h * H),
                                 detected_ms, [f"score {score}"]))
@@ -54,19 +42,8 @@ def publish(bootstrap: str, messages: list[tuple[str, str, bytes]]) -> None:
     pub.close()
 
 
-def run_sink(sink: AlertSink, until: Any, timeout_s: float = 60) -> None:
-    sink.start()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not until() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        sink.stop()
-    assert until(), sink.stats.snapshot()
-
-
 def test_one_row_per_alert_latest_version_first_detection(broker: EmbeddedBroker, store: Store) -> None:
-    s = fresh_settings(broker)
+    s = isolated_settings(broker.bootstrap, partitions=2)
     letters: list[tuple[object, str]] = []
     a, r = s.alerts_topic, s.risk_topic
     publish(broker.bootstrap, [
@@ -77,7 +54,7 @@ def test_one_row_per_alert_latest_version_first_detection(broker: EmbeddedBroker
         (r, "u1", encode(risk_message("u1", 0.6, ["first"], T0 + H))),
     ])
     sink = AlertSink(s, broker.bootstrap, store, lambda raw, why: letters.append((raw, why)))
-    run_sink(sink, lambda: sink.stats.alert_messages + sink.stats.invalid >= 4 and sink.stats.risk_updates >= 1)
+    run_until(sink, lambda: sink.stats.alert_messages + sink.stats.invalid >= 4 and sink.stats.risk_updates >= 1)
     # In a later batch: the alert grew (later window_end, new score), and a newer score.
     publish(broker.bootstrap, [
         (a, "u1", alert("x-1", "u1", 2, 0.9, NOW + 9000)),
@@ -85,7 +62,7 @@ def test_one_row_per_alert_latest_version_first_detection(broker: EmbeddedBroker
         (r, "u1", encode(risk_message("u1", 0.2, ["stale"], T0))),  # older event time: not a newer version
     ])
     sink = AlertSink(s, broker.bootstrap, store)
-    run_sink(sink, lambda: sink.stats.alert_messages >= 1 and sink.stats.risk_updates >= 1)
+    run_until(sink, lambda: sink.stats.alert_messages >= 1 and sink.stats.risk_updates >= 1)
 
     q = AlertsQuery(user_id="u1")
     got = to_page(q, store.query(*build_sql(q)))["alerts"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,10 +11,9 @@ import pytest
 from stream_processors.alert_sink import AlertSink
 from stream_processors.budgets.config import Budget
 from stream_processors.budgets.watcher import BudgetWatcher
+from tests.helpers import isolated_settings, run_until
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.runtime.topics import create_missing, pipeline_topics
-from tokentrail.settings import Settings
 from tokentrail.store import Store, open_store
 
 pytestmark = pytest.mark.integration
@@ -42,26 +39,6 @@ def event(event_id: str, org: str, ts: dt.datetime, user_id: str, cost_nanos: in
     return [values[c] for c in COLUMNS]
 
 
-def fresh_settings(broker: EmbeddedBroker) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}",
-                 alerts_topic=f"alerts-{tag}", risk_topic=f"risk-{tag}", alert_sink_group=f"as-{tag}",
-                 partitions=2, sink_flush_s=0.2, session_timeout_ms=2000)  # quick group joins on Tansu
-    create_missing(broker.bootstrap, pipeline_topics(s))
-    return s
-
-
-def run_sink(sink: AlertSink, until: Callable[[], bool], timeout_s: float = 60) -> None:
-    sink.start()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not until() and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        sink.stop()
-    assert until(), sink.stats.snapshot()
-
-
 @pytest.fixture()
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s = open_store(str(tmp_path_factory.mktemp("budgets") / "chdb"), None)
@@ -78,7 +55,7 @@ def spend(store: Store, tag: str, minutes: list[int], usd: float, org: str = "ac
 
 def test_crossings_are_alerted_once_stored_and_not_repeated_after_a_restart(
         broker: EmbeddedBroker, store: Store) -> None:
-    settings = fresh_settings(broker)
+    settings = isolated_settings(broker.bootstrap, partitions=2)
     publisher = Publisher(broker.bootstrap, settings.usage_topic)
 
     def send(key: bytes, value: bytes) -> bool:
@@ -101,7 +78,7 @@ def test_crossings_are_alerted_once_stored_and_not_repeated_after_a_restart(
     assert watcher.check(NOW_MS) == []  # checked again: nothing new
 
     sink = AlertSink(settings, broker.bootstrap, store, lambda *_: publisher.send_raw(settings.dead_letter_topic, b""))
-    run_sink(sink, lambda: sink.stats.snapshot()["alerts"] >= 3)
+    run_until(sink, lambda: sink.stats.snapshot()["alerts"] >= 3)
     stored = store.query("SELECT user_id, kind FROM alerts WHERE kind = 'budget' ORDER BY user_id")
     assert stored == [("", "budget"), ("alice", "budget"), ("alice", "budget")]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +9,11 @@ from typing import Any
 import pytest
 
 from stream_processors.sink import HistorySink, store_batch
+from tests.helpers import isolated_settings, run_until
 from tokentrail.envelope import build_envelopes, encode_event
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.runtime.topics import create_missing, pipeline_topics
-from tokentrail.settings import Settings
 from tokentrail.store import Store, StoreError, open_store
 
 pytestmark = pytest.mark.integration
@@ -29,14 +26,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     s.apply_migrations()
     yield s
     s.close()
-
-
-def fresh_settings(broker: EmbeddedBroker) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}",
-                 sink_group=f"sink-{tag}", partitions=3, sink_flush_s=0.2)
-    create_missing(broker.bootstrap, pipeline_topics(s))
-    return s
 
 
 def events(n: int, prefix: str) -> list[dict[str, Any]]:
@@ -58,35 +47,24 @@ def stored(store: Store, prefix: str) -> tuple[int, int]:
     return int(rows[0][0]), int(rows[0][1] or 0)
 
 
-def run_sink_until(sink: HistorySink, predicate: Any, timeout_s: float = 60) -> None:
-    sink.start()
-    deadline = time.monotonic() + timeout_s
-    try:
-        while not predicate() and time.monotonic() < deadline:
-            time.sleep(0.2)
-    finally:
-        sink.stop()
-    assert predicate(), sink.stats
-
-
 def test_sink_stores_each_event_once(broker: EmbeddedBroker, store: Store) -> None:
-    s = fresh_settings(broker)
+    s = isolated_settings(broker.bootstrap, partitions=3, session_timeout_ms=10000)
     batch = events(3000, "once")
     publish(broker.bootstrap, s.usage_topic, batch + batch[:500])  # 500 re-sent
     sink = HistorySink(s, broker.bootstrap, store, PRICES, lambda raw, why: None)
-    run_sink_until(sink, lambda: sink.stats.stored + sink.stats.duplicates >= 3500)
+    run_until(sink, lambda: sink.stats.stored + sink.stats.duplicates >= 3500)
     assert stored(store, "once") == (3000, sum(range(3000)))
     assert sink.stats.duplicates == 500
 
 
 def test_restart_after_store_before_commit_counts_once(broker: EmbeddedBroker, store: Store) -> None:
-    s = fresh_settings(broker)
+    s = isolated_settings(broker.bootstrap, partitions=3, session_timeout_ms=10000)
     batch = events(1000, "crash")
     # A sink that stored a batch and died before committing its offsets:
     store_batch(store, batch[:600])
     publish(broker.bootstrap, s.usage_topic, batch)
     sink = HistorySink(s, broker.bootstrap, store, PRICES, lambda raw, why: None)
-    run_sink_until(sink, lambda: sink.stats.stored + sink.stats.duplicates >= 1000)
+    run_until(sink, lambda: sink.stats.stored + sink.stats.duplicates >= 1000)
     assert stored(store, "crash") == (1000, sum(range(1000)))
     assert sink.stats.duplicates == 600
 
@@ -109,23 +87,23 @@ class FlakyStore:
 
 
 def test_store_outage_pauses_then_resumes_without_loss(broker: EmbeddedBroker, store: Store) -> None:
-    s = fresh_settings(broker)
+    s = isolated_settings(broker.bootstrap, partitions=3, session_timeout_ms=10000)
     batch = events(2000, "outage")
     publish(broker.bootstrap, s.usage_topic, batch)
     flaky = FlakyStore(store, failures=3)
     sink = HistorySink(s, broker.bootstrap, flaky, PRICES, lambda raw, why: None)  # type: ignore[arg-type]
-    run_sink_until(sink, lambda: sink.stats.stored >= 2000)
+    run_until(sink, lambda: sink.stats.stored >= 2000)
     assert sink.stats.store_failures == 3 and not sink.stats.paused
     assert stored(store, "outage") == (2000, sum(range(2000)))
 
 
 def test_invalid_messages_go_to_dead_letters(broker: EmbeddedBroker, store: Store, tmp_path: Path) -> None:
-    s = fresh_settings(broker)
+    s = isolated_settings(broker.bootstrap, partitions=3, session_timeout_ms=10000)
     pub = Publisher(broker.bootstrap, s.usage_topic)
     assert pub.publish([(0, b"garbage", 1), (1, b'[{"event_id": "x"}]', 1)], 2, 2).wait(30)
     pub.close()
     publish(broker.bootstrap, s.usage_topic, events(10, "dlq"))
     letters: list[tuple[object, str]] = []
     sink = HistorySink(s, broker.bootstrap, store, PRICES, lambda raw, why: letters.append((raw, why)))
-    run_sink_until(sink, lambda: sink.stats.stored >= 10 and len(letters) >= 2)
+    run_until(sink, lambda: sink.stats.stored >= 10 and len(letters) >= 2)
     assert sorted(why.split(":")[0] for _, why in letters) == ["field 'user_id'", "message is not JSON"]
