@@ -38,7 +38,7 @@ BLOCK_HOURS = 6  # growth resolution, as the user-level blocks
 BLOCKS = 8
 SESSION_RING = 8  # distinct session keys remembered per stream
 MIN_SESSION = 4  # shorter sessions (a fresh id per request, say) say nothing about pauses
-SEAMLESS_GAPS = 3  # a new session this soon (in median gaps) after the last request: no pause
+SEAMLESS_GAPS = 4.0  # a new session this soon (in median gaps) after the last request: no pause
 _MASK64 = (1 << 64) - 1
 _HEAD = struct.Struct("<qqqqiiQQdddddQqHHH")
 VERSION = 0x85  # first byte of a serialised Streams; older state began with a count 0..4
@@ -141,7 +141,9 @@ class Stream:
         else:
             del ring[0]
             if self.sess_len >= MIN_SESSION:  # a conversation ended (not a fresh id per request)
-                seamless = self.med_gap > 0 and gap < SEAMLESS_GAPS * self.med_gap * 1000
+                # A timer that rotates ids fires more often inside a long gap than a short one, so
+                # the gap at a switch runs longer than the median gap even with no pause at all.
+                seamless = self.med_gap > 0 and gap <= SEAMLESS_GAPS * self.med_gap * 1000
                 self.seam_bits = ((self.seam_bits << 1) | seamless) & 0xFFFF
                 self.seam_n = min(self.seam_n + 1, 0xFFFF)
         ring.append(session)
