@@ -28,7 +28,7 @@ from tokentrail.pricing import PriceTable
 from tokentrail.settings import Settings
 
 log = logging.getLogger(__name__)
-# Entries per org-delta message (~80 bytes each): stays far below the broker's
+# Entries per org-delta message (~70 bytes each): stays far below the broker's
 # 1 MB message limit however spread out in event time a batch is.
 DELTA_CHUNK = 2000
 # "orgs_sent": source offset up to which the partition's org deltas are known delivered.
@@ -69,7 +69,7 @@ class UserState:
         self.retention_ms = retention_ms
         self.parts: dict[int, windows.UserWindows] = {}
 
-    def get(self, part: int, prog: dict[str, int], deltas: windows.OrgEntries) -> windows.UserWindows:
+    def get(self, part: int, prog: dict[str, int], resend: list[windows.OrgMessage]) -> windows.UserWindows:
         """The partition's windows. After a restart or a rebalance (the progress
         record is not the one this process wrote last), rebuild them from the
         stored deltas, and re-send the org deltas of those not known delivered."""
@@ -81,7 +81,9 @@ class UserState:
         stored = [(k, v) for k, v in self.table.local.items() if k.startswith(prefix)]
         state.load(stored)
         state.offset = prog["offset"]
-        state.resent = windows.resend_org_deltas(part, stored, prog["orgs_sent"], deltas)
+        again = windows.resend_org_deltas(part, stored, prog["orgs_sent"])
+        resend.extend(again)
+        state.resent = bool(again)
         self.parts[part] = state
         return state
 
@@ -101,13 +103,15 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     user_state = UserState(users, retention_ms)
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
 
-    def fold_batch(batch: list[Any]) -> windows.OrgEntries:
-        """The synchronous part of a usage batch: envelopes -> user deltas, progress, org deltas."""
-        deltas: windows.OrgEntries = {}
+    def fold_batch(batch: list[Any]) -> list[windows.OrgMessage]:
+        """The synchronous part of a usage batch: envelopes -> user deltas, progress, org-delta messages."""
+        resend: list[windows.OrgMessage] = []
+        org_sums: windows.OrgSums = {}
+        tags: list[int] = []
         for part, events in by_partition(batch).items():
             key = f"usage/{part}"
             prog = _progress(progress, key)
-            state = user_state.get(part, prog, deltas)
+            state = user_state.get(part, prog, resend)
             applied = prog["offset"]
             first = last = -1
             counted = duplicates = late = invalid = messages = 0
@@ -134,7 +138,10 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             records, orgs_per_minute = state.take_deltas(first, last)
             for bucket_key, value in records:
                 users.set(part, bucket_key, value)
-            windows.add_org_entries(deltas, part, last, orgs_per_minute)
+            # One org delta per (org prefix, minute) for all partitions of the batch,
+            # tagged with those it sums.
+            windows.add_org_sums(org_sums, orgs_per_minute, 1 << (len(tags) // 2))
+            tags += [part, last]
             # Every earlier batch's org deltas were delivered before this one began,
             # but not org deltas re-sent in this batch after a restart.
             orgs_sent = prog["orgs_sent"] if state.resent else applied
@@ -146,7 +153,8 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             )
             state.offset = last
             progress.set(part, key, prog)
-        return deltas
+        # Re-sent deltas go first, each with its own tag, then the batch's.
+        return resend + windows.org_messages(org_sums, tags, DELTA_CHUNK)
 
     @p.app.agent(p.usage, name="usage-windows")
     @exit_on_crash
@@ -156,23 +164,22 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             # batch's short-lived buckets are not traversed again and again.
             gc.disable()
             try:
-                deltas = fold_batch(batch)
+                messages = fold_batch(batch)
             finally:
                 gc.enable()
             # Deltas (with their org sums) and then the progress record that says
             # "applied up to offset X" are durable before org deltas go out, and
             # all of it before Faust commits the offsets. A crash before the org
             # deltas are delivered re-sends them from the stored deltas on restart
-            # (UserState.get); org buckets skip a (source partition, offset) they applied.
+            # (UserState.get); org buckets skip (source partition, offset) tags they applied.
             users.flush()
             await flush_changelog()
             progress.flush()
             await flush_changelog()
             futures = [
-                await p.org_deltas.send(key=org.encode(), partition=partition_for(org, settings.partitions),
-                                        value={"org": org, "entries": entries[i : i + DELTA_CHUNK]})
-                for org, entries in deltas.items()
-                for i in range(0, len(entries), DELTA_CHUNK)
+                await p.org_deltas.send(key=m["org"].encode(), partition=partition_for(m["org"], settings.partitions),
+                                        value=m)
+                for m in messages
             ]
             if futures:
                 await asyncio.gather(*futures)
@@ -191,11 +198,13 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
                         prog = _progress(org_progress, f"orgd/{part}")
                         progs[part] = (prog, prog["watermark_ms"])
                     prog = progs[part][0]
-                    newest = fold.apply(part, event.value["org"], event.value["entries"])
+                    newest = fold.apply(part, event.value)
                     prog["watermark_ms"] = max(prog["watermark_ms"], newest)
                     prog["messages"] += 1
             finally:
                 gc.enable()
+            if fold.conflicts:
+                log.error("org deltas: %d entries partly applied before were skipped", fold.conflicts)
             for bucket_key, (part, bucket) in fold.buckets.items():
                 orgs.set(part, bucket_key, bucket)
             for part, bucket_key, minute in fold.new:

@@ -47,7 +47,9 @@ MAX_CANON_USERS = 1 << 17
 
 Sums = list[int]
 PerMinuteOrgs = dict[int, dict[str, Sums]]  # minute -> org id -> sums
-OrgEntries = dict[str, list[list[int]]]  # org prefix -> [[source partition, source offset, minute, *sums]]
+OrgSums = dict[str, dict[int, list[int]]]  # org prefix -> minute -> [minute, *sums, sources]
+# {"org": prefix, "tags": [partition, offset, ...], "entries": [[minute, *sums, sources]]}
+OrgMessage = dict[str, Any]
 
 
 def org_key(org: str, minute: int) -> str:
@@ -246,73 +248,74 @@ def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], li
     return out
 
 
-def add_org_entries(out: OrgEntries, partition: int, offset: int, per_minute: PerMinuteOrgs) -> None:
-    """Append org-delta entries [source partition, source offset, minute, *sums], one per
-    (org prefix, minute): every prefix of an org is an org."""
-    by_org: dict[str, dict[int, list[int]]] = {}
+def add_org_sums(out: OrgSums, per_minute: PerMinuteOrgs, source: int = 1) -> None:
+    """Add one source batch's sums per (org id, minute) into sums per (org prefix,
+    minute), as entries ``[minute, *sums, sources]``: every prefix of an org is an
+    org. ``source`` is the batch's bit in ``sources``: which batches an entry sums."""
     for minute, orgs in per_minute.items():
         for org_id, sums in orgs.items():
             for org in _prefixes(org_id):
-                by_minute = by_org.get(org)
+                by_minute = out.get(org)
                 if by_minute is None:
-                    by_minute = by_org[org] = {}
+                    by_minute = out[org] = {}
                 entry = by_minute.get(minute)
                 if entry is None:
-                    by_minute[minute] = [partition, offset, minute, *sums]
+                    by_minute[minute] = [minute, *sums, source]
                 else:
-                    entry[3] += sums[0]
-                    entry[4] += sums[1]
-                    entry[5] += sums[2]
-                    entry[6] += sums[3]
-                    entry[7] += sums[4]
-                    entry[8] += sums[5]
-                    entry[9] += sums[6]
-    for org, by_minute in by_org.items():
-        entries = out.get(org)
-        if entries is None:
-            out[org] = list(by_minute.values())
-        else:
-            entries.extend(by_minute.values())
+                    entry[8] |= source
+                    entry[1] += sums[0]
+                    entry[2] += sums[1]
+                    entry[3] += sums[2]
+                    entry[4] += sums[3]
+                    entry[5] += sums[4]
+                    entry[6] += sums[5]
+                    entry[7] += sums[6]
 
 
 _prefixes = lru_cache(maxsize=1 << 16)(org_prefixes)
 
 
-def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], delivered: int,
-                      out: OrgEntries) -> bool:
+def org_messages(sums: OrgSums, tags: list[int], chunk: int = 2000) -> list[OrgMessage]:
+    """Org-delta messages: per org prefix, its entries ``[minute, *sums, sources]``
+    with the tags ``[source partition, source offset, ...]`` of the source batches;
+    bit i of ``sources`` is tag i (the batches an entry sums)."""
+    out = []
+    for org, by_minute in sums.items():
+        entries = list(by_minute.values())
+        for i in range(0, len(entries), chunk):
+            out.append({"org": org, "tags": tags, "entries": entries[i : i + chunk]})
+    return out
+
+
+def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], delivered: int) -> list[OrgMessage]:
     """Org deltas of stored user deltas whose batch ended after ``delivered`` (the
-    source offset up to which org deltas are known delivered), as first sent:
-    a crash may have cut them off. -> whether there were any."""
+    source offset up to which org deltas are known delivered), with the tag they
+    were first sent with, ``[partition, last offset of the batch]``: a crash may
+    have cut them off. One source partition per message, so a bucket that had
+    them skips them whole."""
     by_batch: dict[int, PerMinuteOrgs] = {}
     for key, value in stored:
         last = delta_last_offset(key)
         if last > delivered:
             by_batch.setdefault(last, {})[delta_minute(key)] = orjson.loads(value)[1]
+    out = []
     for last in sorted(by_batch):
-        add_org_entries(out, partition, last, by_batch[last])
-    return bool(by_batch)
-
-
-def apply_org_delta(
-    stored: list[Any] | None, sums: list[int], source_partition: int, source_offset: int
-) -> list[Any] | None:
-    """New org bucket after a delta, or None when the delta was applied before.
-
-    Layout: N_SUMS sums, then {source partition: last applied source offset}.
-    """
-    if stored is None:
-        stored = [0] * N_SUMS + [{}]
-    applied: dict[str, int] = stored[N_SUMS]
-    part = str(source_partition)  # JSON object keys are strings in the changelog
-    if applied.get(part, -1) >= source_offset:
-        return None
-    bucket = [*stored[:N_SUMS], {**applied, part: source_offset}]
-    add_into(bucket, sums)
-    return bucket
+        sums: OrgSums = {}
+        add_org_sums(sums, by_batch[last])
+        out.extend(org_messages(sums, [partition, last]))
+    return out
 
 
 class OrgFold:
     """One batch of org-delta messages applied to org buckets, each bucket copied once.
+
+    An org bucket is ``N_SUMS`` sums then ``{source partition: last applied source
+    offset}``. An entry sums the contributions of one or more source batches,
+    each tagged (source partition, last offset of the batch). A bucket applies an
+    entry when every one of its tags is newer than what it applied from that
+    partition, and skips it when none is (a re-sent delta). A partition's tags
+    only grow on the buckets it contributes to, so anything else (``conflicts``)
+    cannot happen with the usage agent's order of writes; it is skipped and counted.
 
     ``lookup.get(key)`` returns the stored bucket (never mutated). ``buckets``
     then holds the batch's changed buckets with the partition they belong to,
@@ -323,13 +326,17 @@ class OrgFold:
         self.lookup = lookup
         self.buckets: dict[str, tuple[int, list[Any]]] = {}
         self.new: list[tuple[int, str, int]] = []  # (partition, key, minute)
+        self.conflicts = 0
 
-    def apply(self, partition: int, org: str, entries: Iterable[list[int]]) -> int:
-        """Apply one message's entries [source partition, source offset, minute, *sums];
-        -> the newest minute end it touched (ms), for the watermark."""
+    def apply(self, partition: int, message: OrgMessage) -> int:
+        """Apply one org-delta message; -> the newest minute end it touched (ms), for the watermark."""
+        org = message["org"]
+        raw_tags = message["tags"]
+        # JSON object keys are strings in the changelog
+        tags = [(1 << (i // 2), str(raw_tags[i]), raw_tags[i + 1]) for i in range(0, len(raw_tags), 2)]
         newest = 0
-        for entry in entries:
-            source_part, source_offset, minute = entry[0], entry[1], entry[2]
+        for entry in message["entries"]:
+            minute = entry[0]
             key = f"o{SEP}{org}{SEP}{minute}"
             hit = self.buckets.get(key)
             if hit is None:
@@ -346,17 +353,22 @@ class OrgFold:
             if end > newest:
                 newest = end
             applied = bucket[N_SUMS]
-            part = str(source_part)  # JSON object keys are strings in the changelog
-            if applied.get(part, -1) >= source_offset:
+            sources = entry[8]
+            mine = [(part, offset) for bit, part, offset in tags if sources & bit]
+            seen = sum(1 for part, offset in mine if applied.get(part, -1) >= offset)
+            if seen:
+                if seen != len(mine):
+                    self.conflicts += 1
                 continue  # applied before (a re-sent delta after a crash)
-            applied[part] = source_offset
-            bucket[0] += entry[3]
-            bucket[1] += entry[4]
-            bucket[2] += entry[5]
-            bucket[3] += entry[6]
-            bucket[4] += entry[7]
-            bucket[5] += entry[8]
-            bucket[6] += entry[9]
+            for part, offset in mine:
+                applied[part] = offset
+            bucket[0] += entry[1]
+            bucket[1] += entry[2]
+            bucket[2] += entry[3]
+            bucket[3] += entry[4]
+            bucket[4] += entry[5]
+            bucket[5] += entry[6]
+            bucket[6] += entry[7]
         return newest
 
 

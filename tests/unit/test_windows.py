@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 import pytest
 
 from stream_processors import windows as w
@@ -20,8 +21,8 @@ def ev(i: int, ts: int, user: str = "u1", org: str = "a/b", tokens: int = 10) ->
 
 
 def run(state: w.UserWindows, envelopes: list[list[dict[str, Any]]], first: int = 0,
-        stored: dict[str, bytes] | None = None) -> tuple[tuple[int, int, int], w.OrgEntries, dict[str, bytes]]:
-    """One batch, as the usage agent runs it: fold, expire, take the deltas."""
+        stored: dict[str, bytes] | None = None) -> tuple[tuple[int, int, int], list[w.OrgMessage], dict[str, bytes]]:
+    """One batch of one partition, as the usage agent runs it: fold, expire, take the deltas."""
     stored = {} if stored is None else stored
     counts = [0, 0, 0]
     for envelope in envelopes:
@@ -29,29 +30,29 @@ def run(state: w.UserWindows, envelopes: list[list[dict[str, Any]]], first: int 
             counts[i] += n
     for key in state.expire():
         stored.pop(key)
-    entries: w.OrgEntries = {}
+    sums: w.OrgSums = {}
     last = first + len(envelopes) - 1
     records, orgs = state.take_deltas(first, last)
     for key, value in records:
         assert key not in stored  # a delta is never rewritten
         stored[key] = value
-    w.add_org_entries(entries, state.partition, last, orgs)
-    return (counts[0], counts[1], counts[2]), entries, stored
+    w.add_org_sums(sums, orgs)
+    return (counts[0], counts[1], counts[2]), w.org_messages(sums, [state.partition, last]), stored
 
 
 def test_batch_sums_per_user_minute_and_org_prefix() -> None:
     state = w.UserWindows(0, 0, HOUR)
     events = [ev(1, T0), ev(2, T0 + 30_000), ev(3, T0 + 60_000), ev(4, T0, user="u2", org="a/c")]
-    counts, entries, stored = run(state, [events[:2], events[2:]])
+    counts, messages, stored = run(state, [events[:2], events[2:]])
     assert counts == (4, 0, 0)
     buckets = w.merge_deltas(stored.items())
     assert buckets[("u1", M0)][: w.N_SUMS] == [2, 20, 2, 4, 6, 32, 200]
     assert buckets[("u1", M0)][w.N_SUMS] == ["e1", "e2"]
     assert buckets[("u2", M0)][0] == 1 and buckets[("u1", M0 + 1)][0] == 1
-    by_org = {(org, e[2]): e[3:] for org, es in entries.items() for e in es}
+    by_org = {(m["org"], e[0]): e[1:] for m in messages for e in m["entries"]}
     assert by_org[("a", M0)][0] == 3  # u1 twice + u2 once in minute 0
     assert by_org[("a/b", M0 + 1)][0] == 1 and ("a/c", M0) in by_org
-    assert {(e[0], e[1]) for es in entries.values() for e in es} == {(0, 1)}  # tagged with the batch end
+    assert all(m["tags"] == [0, 1] for m in messages)  # tagged with the batch end
     assert state.watermark_ms == T0 + 60_000
     assert len(stored) == 2  # one record per minute of the batch, not per user
 
@@ -78,8 +79,8 @@ def test_replayed_batch_writes_nothing_new() -> None:
     _, _, stored = run(state, batch, first=5)
     restored = w.UserWindows(0, 0, HOUR)
     restored.load(stored.items())
-    counts, entries, again = run(restored, batch, first=5, stored=dict(stored))
-    assert counts == (0, 9, 0) and entries == {} and again == stored
+    counts, messages, again = run(restored, batch, first=5, stored=dict(stored))
+    assert counts == (0, 9, 0) and messages == [] and again == stored
 
 
 def test_same_event_id_of_two_users_counts_for_each_once() -> None:
@@ -115,56 +116,33 @@ def test_expiry_deletes_old_minutes_and_drops_their_ids() -> None:
 
 def test_org_deltas_are_re_sent_from_stored_deltas_after_a_crash() -> None:
     state = w.UserWindows(3, 0, HOUR)
-    _, first_entries, stored = run(state, [[ev(1, T0)], [ev(2, T0 + 60_000)]], first=10)
-    _, second_entries, stored = run(state, [[ev(3, T0 + 120_000)]], first=12, stored=stored)
-    out: w.OrgEntries = {}
-    assert w.resend_org_deltas(3, stored.items(), delivered=11, out=out)
-    assert out == second_entries  # only what was not known delivered, with the same tags
-    out = {}
-    assert w.resend_org_deltas(3, stored.items(), delivered=9, out=out)
-    assert out == {org: first_entries[org] + second_entries[org] for org in out}
-    assert not w.resend_org_deltas(3, stored.items(), delivered=12, out={})
+    _, first_messages, stored = run(state, [[ev(1, T0)], [ev(2, T0 + 60_000)]], first=10)
+    _, second_messages, stored = run(state, [[ev(3, T0 + 120_000)]], first=12, stored=stored)
+    assert w.resend_org_deltas(3, stored.items(), delivered=11) == second_messages  # same entries and tags
+    assert w.resend_org_deltas(3, stored.items(), delivered=9) == first_messages + second_messages
+    assert w.resend_org_deltas(3, stored.items(), delivered=12) == []
 
 
-def test_org_delta_applies_once_per_source_offset() -> None:
-    b1 = w.apply_org_delta(None, [1, 1, 1, 1, 1, 4, 9], source_partition=0, source_offset=5)
-    assert b1 is not None and b1[0] == 1
-    assert w.apply_org_delta(b1, [1, 1, 1, 1, 1, 4, 9], 0, 5) is None  # re-sent after a crash
-    b2 = w.apply_org_delta(b1, [1, 1, 1, 1, 1, 4, 9], 1, 2)  # other source partition
-    assert b2 is not None and b2[0] == 2 and b2[5] == 8
+def message(org: str, tags: list[int], *minutes: int, sources: int = -1) -> w.OrgMessage:
+    return {"org": org, "tags": tags, "entries": [[m, 1, 2, 3, 4, 5, 14, 7, sources] for m in minutes]}
 
 
-def test_org_fold_matches_apply_org_delta_and_leaves_stored_untouched() -> None:
-    rng = random.Random(5)
-    messages = [(rng.randrange(2), rng.choice("xy"), [[rng.randrange(3), rng.randrange(6), M0 + rng.randrange(3),
-                                                       1, 2, 3, 4, 5, 14, 7] for _ in range(4)])
-                for _ in range(40)]
-    expected: dict[str, list[Any]] = {}
-    for _part, org, entries in messages:
-        for sp, so, minute, *sums in entries:
-            key = w.org_key(org, minute)
-            bucket = w.apply_org_delta(expected.get(key), sums, sp, so)
-            if bucket is not None:
-                expected[key] = bucket
+def test_org_fold_applies_each_tag_once_and_leaves_stored_untouched() -> None:
     stored = {w.org_key("x", M0): [1, 0, 0, 0, 0, 0, 0, {"0": 2}]}
     frozen = repr(stored)
     fold = w.OrgFold(stored)
-    newest = max(fold.apply(part, org, entries) for part, org, entries in messages)
-    assert newest == (M0 + 3) * 60_000 - 1 if any(e[2] == M0 + 2 for m in messages for e in m[2]) else True
+    assert fold.apply(1, message("x", [0, 3, 1, 7], M0, M0 + 1)) == (M0 + 2) * 60_000 - 1
+    fold.apply(1, message("x", [0, 5, 1, 9], M0 + 1, sources=0b10))  # only source 1's batch 9 sums into it
+    fold.apply(1, message("x", [1, 9], M0, M0 + 1))  # re-sent alone after a crash: applied where it was not
+    fold.apply(1, message("x", [0, 2], M0))  # applied before the batch
     assert repr(stored) == frozen
     got = {k: b for k, (_p, b) in fold.buckets.items()}
-    # the stored bucket had applied source (0, 2) and one request before any message
-    base = w.apply_org_delta(None, [1, 0, 0, 0, 0, 0, 0], 0, 2)
-    assert base is not None
-    redo: dict[str, list[Any]] = {w.org_key("x", M0): base}
-    for _part, org, entries in messages:
-        for sp, so, minute, *sums in entries:
-            key = w.org_key(org, minute)
-            bucket = w.apply_org_delta(redo.get(key), sums, sp, so)
-            if bucket is not None:
-                redo[key] = bucket
-    assert got == redo
-    assert {k for _p, k, _m in fold.new} == set(redo) - {w.org_key("x", M0)}
+    assert got[w.org_key("x", M0)] == [3, 4, 6, 8, 10, 28, 14, {"0": 3, "1": 9}]
+    assert got[w.org_key("x", M0 + 1)] == [2, 4, 6, 8, 10, 28, 14, {"0": 3, "1": 9}]
+    assert fold.conflicts == 0
+    fold.apply(1, message("x", [0, 4, 1, 9], M0))  # 1's batch 9 applied, 0's batch 4 not: cannot be split
+    assert fold.conflicts == 1 and got[w.org_key("x", M0)][0] == 3
+    assert [k for _p, k, _m in fold.new] == [w.org_key("x", M0 + 1)]
 
 
 def test_expiry_index_pops_only_old_minutes() -> None:
@@ -188,13 +166,13 @@ def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int) -> None:
     users = [f"u{i}" for i in range(7)]
     pool = [ev(i, T0 + rng.randrange(30) * 20_000, user=rng.choice(users), org=rng.choice(["a/b", "a/c", "d"]),
                tokens=rng.randrange(100)) for i in range(300)]  # a re-sent event is the same event
-    envelopes: dict[int, list[list[dict[str, Any]]]] = {0: [], 1: []}
-    for part in (0, 1):
-        mine = [e for e in pool if int(e["user_id"][1:]) % 2 == part]
+    envelopes: dict[int, list[list[dict[str, Any]]]] = {0: [], 1: [], 2: []}
+    for part in (0, 1, 2):
+        mine = [e for e in pool if int(e["user_id"][1:]) % 3 == part]
         for _ in range(60):
             envelopes[part].append([rng.choice(mine) for _ in range(5)])
     stored: dict[str, bytes] = {}
-    progress = {part: {"offset": -1, "orgs_sent": -1, "watermark_ms": 0} for part in (0, 1)}
+    progress = {part: {"offset": -1, "orgs_sent": -1, "watermark_ms": 0} for part in (0, 1, 2)}
     org_store: dict[str, list[Any]] = {}
     memory: dict[int, w.UserWindows] = {}
 
@@ -202,55 +180,63 @@ def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int) -> None:
         if rng.random() < p:
             raise Crash
 
-    def batch(part: int) -> None:
-        prog = progress[part]
-        entries: w.OrgEntries = {}
-        state = memory.get(part)
-        if state is None or state.offset != prog["offset"]:
-            state = w.UserWindows(part, prog["watermark_ms"], 10 * HOUR)
-            mine = [(k, v) for k, v in stored.items() if k.startswith(w.delta_prefix(part))]
-            state.load(mine)
-            state.offset = prog["offset"]
-            state.resent = w.resend_org_deltas(part, mine, prog["orgs_sent"], entries)
-            memory[part] = state
-        first = prog["offset"] + 1
-        last = min(first + rng.randrange(1, 8), len(envelopes[part])) - 1
-        if last >= first:
+    def batch(parts: list[int]) -> None:
+        """The usage agent's fold_batch and the sends after it, over several partitions."""
+        resend: list[w.OrgMessage] = []
+        sums: w.OrgSums = {}
+        tags: list[int] = []
+        for part in parts:
+            prog = progress[part]
+            state = memory.get(part)
+            if state is None or state.offset != prog["offset"]:
+                state = w.UserWindows(part, prog["watermark_ms"], 10 * HOUR)
+                mine = [(k, v) for k, v in stored.items() if k.startswith(w.delta_prefix(part))]
+                state.load(mine)
+                state.offset = prog["offset"]
+                again = w.resend_org_deltas(part, mine, prog["orgs_sent"])
+                resend += again
+                state.resent = bool(again)
+                memory[part] = state
+            first = prog["offset"] + 1
+            last = min(first + rng.randrange(1, 8), len(envelopes[part])) - 1
+            if last < first:
+                continue
             for offset in range(first, last + 1):
                 state.fold(envelopes[part][offset])
             for key in state.expire():
                 stored.pop(key, None)
             records, orgs = state.take_deltas(first, last)
             for key, value in records:
-                maybe_crash(0.1)
+                maybe_crash(0.05)
                 stored[key] = value
-            w.add_org_entries(entries, part, last, orgs)
-            maybe_crash(0.1)
+            w.add_org_sums(sums, orgs, 1 << (len(tags) // 2))
+            tags += [part, last]
+            maybe_crash(0.05)
             progress[part] = {"offset": last, "watermark_ms": state.watermark_ms,
                               "orgs_sent": prog["orgs_sent"] if state.resent else prog["offset"]}
             state.resent = False
             state.offset = last
-        for org, org_entries in entries.items():
-            maybe_crash(0.05)
+        for m in resend + w.org_messages(sums, tags, chunk=3):
+            maybe_crash(0.03)
             fold = w.OrgFold(org_store)
-            fold.apply(0, org, org_entries)
+            fold.apply(0, orjson.loads(orjson.dumps(m)))
+            assert fold.conflicts == 0
             org_store.update({k: b for k, (_p, b) in fold.buckets.items()})
 
-    while any(progress[p]["offset"] < len(envelopes[p]) - 1 for p in (0, 1)):
+    while any(progress[p]["offset"] < len(envelopes[p]) - 1 for p in (0, 1, 2)):
         try:
-            batch(rng.randrange(2))
+            batch(rng.sample([0, 1, 2], rng.randrange(1, 4)))
         except Crash:
             memory.clear()
-    for part in (0, 1):  # a last restart re-sends what a final crash may have cut off
-        while True:
-            memory.clear()
-            try:
-                batch(part)
-                break
-            except Crash:
-                pass
+    while True:  # a last restart re-sends what a final crash may have cut off
+        memory.clear()
+        try:
+            batch([0, 1, 2])
+            break
+        except Crash:
+            pass
 
-    unique = {e["event_id"]: e for part in (0, 1) for env in envelopes[part] for e in env}
+    unique = {e["event_id"]: e for part in (0, 1, 2) for env in envelopes[part] for e in env}
     expected_users: dict[tuple[str, int], int] = {}
     expected_orgs: dict[str, int] = {}
     for e in unique.values():
