@@ -1,10 +1,13 @@
 """Turn a user's features into a bot score in [0, 1] with reasons a person can check.
 
 Each signal is a strength in [0, 1] times a weight; the score is a logistic of the
-weighted sum. Weights are set so that one kind of evidence alone stays at or just
-under 0.5 and it takes two independent kinds (say a clockwork cadence *and* repeated
-prompts) to cross it: heavy agentic coders are bursty but human-paced, batch jobs
-are regular but short and varied, and neither piles up a second kind of evidence.
+weighted sum. Evidence that people also show now and then (a long day, a flat hour,
+regular sizes, a few repeats) stays under 0.5 alone, and it takes two kinds to cross
+it: heavy agentic coders are bursty but human-paced, batch jobs are regular but short
+and varied, and neither piles up a second kind. Evidence that people do not keep up
+(a clock held for 25 minutes in one stream, prompts re-sent nearly verbatim in a row,
+session ids rotated with no pause 8 times in 12, near-limit uncached contexts over
+and over) is enough on its own, which is what makes detection fast.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ def size_regularity(f: UserFeatures) -> Signal:
     return Signal("size_regularity", strength, 0.4, f"request size varies only ±{sd:.0%}")
 
 
+NOTHING = Signal("none", 0.0, 0.0, "")  # a stream signal without evidence: never shown
 STALE_MS = 2 * HOUR_MS  # a stream silent this long no longer testifies
 EXACT_RUN = 200  # near-identical gaps over this many requests: the early path
 BOUNDED_AFTER = 12 * 60_000  # people keep a band of gaps for minutes (agent bursts), not longer
@@ -147,11 +151,13 @@ def stream_cadence(s: Stream) -> Signal:
     ``BOUNDED_AFTER``. Held for ``HELD`` (or near-identical over a full ring of gaps, the
     early path), this is enough on its own."""
     if s.regular_since == 0:
-        return Signal("cadence", 0.0, 0.7, "")
+        return NOTHING
     dur = s.last_ts - s.regular_since
     tight = _clamp((0.32 - s.rsd) / 0.17) * _clamp(dur / (15 * 60_000))
     bounded = max(_clamp((1.45 - s.span) / 0.35), _clamp((0.6 - s.hi) / 0.2))
     strength = max(tight, bounded * _clamp((dur - BOUNDED_AFTER) / (HELD - BOUNDED_AFTER)))
+    if strength == 0:
+        return NOTHING
     held = 1.0 if s.near >= 0.8 and s.n >= EXACT_RUN else _clamp((dur - BOUNDED_AFTER) / (HELD - BOUNDED_AFTER))
     if tight >= bounded:
         how = f"± {s.med_gap * s.rsd:.1f} s"
@@ -166,11 +172,15 @@ def stream_no_rest(s: Stream, now: int) -> Signal:
     """One tool/model busy every hour for most of a day: a process, not a person's shift
     (people's busiest streams stay under ~15 consecutive hours)."""
     hours = s.hours_without_rest(now)
+    if hours <= 16:
+        return NOTHING
     return Signal("no_rest", _clamp((hours - 16) / 6), 0.8,
                   f"requests from {s.label} in each of the last {hours} hours")
 
 
 def stream_growth(s: Stream, now: int) -> Signal:
+    if now - s.first_ts < 36 * HOUR_MS:
+        return NOTHING
     return _growth([float(c) for c in s.block_counts(now)], (now - s.first_ts) / HOUR_MS, 0.7,
                    f" from {s.label}")
 
@@ -178,8 +188,9 @@ def stream_growth(s: Stream, now: int) -> Signal:
 def stream_sessions(s: Stream) -> Signal:
     """Session ids rotated on a timer: each new one begins without a pause, never two at once."""
     seamless, new = s.seamless_sessions(12)
-    strength = _clamp((seamless - 4) / 4) if new >= 8 else 0.0
-    return Signal("sessions", strength, 1.0,
+    if new < 8 or seamless <= 4:
+        return NOTHING
+    return Signal("sessions", _clamp((seamless - 4) / 4), 1.0,
                   f"{seamless} of the last {new} sessions from {s.label} began with no pause after "
                   f"the previous one, never two at once")
 
@@ -187,12 +198,16 @@ def stream_sessions(s: Stream) -> Signal:
 def stream_repetition(s: Stream) -> Signal:
     share = s.repeat_share()
     strength = _clamp((share - 0.2) / 0.4) * _clamp((s.n - 6) / 14)
+    if strength == 0:
+        return NOTHING
     return Signal("repetition", strength, 1.0,
                   f"same prompts again in {share:.0%} of the last {s.recent()} requests from {s.label}")
 
 
 def stream_context(s: Stream) -> Signal:
     share = s.big_share()
+    if share <= 0.3:
+        return NOTHING
     return Signal("context_burn", _clamp((share - 0.3) / 0.5) * _clamp(s.n / 12), 0.9,
                   f"{share:.0%} of the last {s.recent()} requests from {s.label} send ≥100k uncached tokens")
 
@@ -206,7 +221,7 @@ def signals(f: UserFeatures, now: int) -> list[Signal]:
             continue
         for sig in (stream_cadence(stream), stream_repetition(stream), stream_context(stream),
                     stream_no_rest(stream, now), stream_growth(stream, now), stream_sessions(stream)):
-            if sig.evidence > found[sig.name].evidence:
+            if sig.strength > 0 and sig.evidence > found[sig.name].evidence:
                 found[sig.name] = sig
     return list(found.values())
 

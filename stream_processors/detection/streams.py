@@ -11,7 +11,14 @@ Regularity is robust: the median absolute deviation of log gaps over the last
 ``RING`` gaps, so a few pauses (a retry, a laptop lid) do not hide a cadence the way
 they inflate a variance. It is re-measured every ``CHECK_EVERY`` requests of the
 stream, which keeps the per-event cost O(1) and the state a deterministic function
-of the events.
+of the events. Besides the robust spread, a window counts as paced by a script when its
+gaps stay in a narrow band (log q95/q5) or never pause (log q95/median); scoring only
+believes those after the stream has kept it up for a while.
+
+Each stream also keeps an hourly activity mask (a process busy every hour of a day),
+requests per 6 h block (growth free of the owner's daily rhythm), and its last few
+session ids (ids rotated on a timer: each new session starts without a pause and two
+are never open at once).
 """
 
 from __future__ import annotations
@@ -90,7 +97,7 @@ class Stream:
         self.med_gap = self.rsd = self.near = self.span = 0.0
         self.hi = 9.0  # log(q95 / median gap); large until measured
         self.hour = ts // HOUR_MS
-        self.hour_mask = 0  # bit i: a request in the hour i hours before ``hour``
+        self.hour_mask = 1  # bit i: a request in the hour i hours before ``hour``
         self.blocks = array("H", bytes(2 * BLOCKS))  # requests per 6 h block (ring by block number)
         self.sessions = array("I", bytes(4 * SESSION_RING))  # last distinct session keys, newest last
         self.seam_bits = self.seam_n = 0  # new sessions begun without a pause, since the last overlap
@@ -109,11 +116,11 @@ class Stream:
             block, old = hour // BLOCK_HOURS, self.hour // BLOCK_HOURS
             for b in range(old + 1, min(block, old + BLOCKS) + 1):
                 self.blocks[b % BLOCKS] = 0
-            self.hour_mask = (self.hour_mask << min(hour - self.hour, 64)) & _MASK64
+            self.hour_mask = (self.hour_mask << min(hour - self.hour, 64)) & _MASK64 | 1
             self.hour = hour
-        self.hour_mask |= 1
         slot = self.hour // BLOCK_HOURS % BLOCKS
-        self.blocks[slot] = min(self.blocks[slot] + 1, 0xFFFF)
+        if self.blocks[slot] < 0xFFFF:
+            self.blocks[slot] += 1
         fp = _fingerprint(prompt_hash)
         seen = fp != 0 and fp in self.prompts
         self.prompts[self.n % PROMPT_RING] = fp
@@ -124,7 +131,8 @@ class Stream:
             self.sess_len = 0
         elif not self.n:
             self.sessions[-1] = session
-        self.sess_len = min(self.sess_len + 1, 0xFFFF)
+        if self.sess_len < 0xFFFF:
+            self.sess_len += 1
         self.n += 1
         self.last_ts = max(self.last_ts, ts)
         if self.n % (CHECK_EVERY if self.n > RING else CHECK_EVERY // 2) == 0:
