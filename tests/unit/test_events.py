@@ -85,3 +85,24 @@ def test_org_prefixes_and_round_trip() -> None:
     back = to_contract(e)
     assert back["metadata"] == {"team": "x"} and back["client"] == "cursor"
     assert validate(back)["ts_ms"] == e["ts_ms"]
+
+
+def test_the_fast_path_for_canonical_stamps_agrees_with_the_general_one() -> None:
+    import random
+
+    from tokentrail.events import _canonical_ms, parse_rfc3339_ms
+
+    rng = random.Random(5)
+    for _ in range(20_000):
+        ms = rng.randrange(0, 4_102_444_800_000)  # 1970 .. 2100
+        stamp = format_timestamp_ms(ms)
+        assert _canonical_ms(stamp) == ms, stamp
+        # The general path on the same instant written another way (offset, no millis).
+        assert parse_rfc3339_ms(stamp.replace("Z", "+00:00")) == ms
+    assert _canonical_ms("2026-02-29T00:00:00.000Z") is None  # not a date: the general path explains
+    assert _canonical_ms("2026-11-23T24:00:00.000Z") is None
+    with pytest.raises(EventError, match="timestamp"):
+        parse_rfc3339_ms("2026-02-29T00:00:00.000Z")
+    assert parse_rfc3339_ms("2024-02-29T23:59:59.999Z") == 1_709_251_199_999
+    event = validate(good(timestamp="2026-11-23T09:15:02.120Z"))
+    assert event["timestamp"] == "2026-11-23T09:15:02.120Z" and event["ts_ms"] == 1_795_425_302_120
