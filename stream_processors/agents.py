@@ -2,8 +2,15 @@
 
 All time logic is event time and lives in windows.py; this module moves data
 between topics and tables. The usage agent takes many envelopes at a time
-(``take_events``) and writes each touched bucket once per batch (see
-table_writes.py): changelog records, not events, are what Faust state costs.
+(``take_events``) and writes one user-window delta per (partition, minute) of
+the batch, and one org delta per (org prefix, minute) for all its partitions:
+changelog records and messages, not events, are what Faust state costs (see
+table_writes.py). The per-event work is ``UserWindows.fold``.
+
+Order of writes per usage batch: user deltas, then progress (both acknowledged
+by the changelog), then org deltas, and all of it before Faust commits the
+batch's offsets. After a restart a partition's windows are rebuilt from its
+stored deltas and the org deltas not known delivered are re-sent.
 """
 
 from __future__ import annotations
