@@ -3,9 +3,9 @@
 POST /v1/events -> usage topic -> detector stage -> alerts/risk topics -> alert sink
 -> chdb -> GET /v1/alerts and /v1/users/{id}/risk, and a webhook receiver on
 127.0.0.1. Seed 7 (not one of the tuning seeds 1-3), 40 humans, one day, one bot
-of each of the 7 archetypes. Offline, the same Detector finds 5 of the 7 bot
-archetypes (slow_ramp needs ~36 h of growth; office_hours_bot is found on some
-seeds only) and flags no human; the pipeline must find exactly what the library
+of each of the 7 archetypes. Offline, the same Detector finds 6 of the 7 bot
+archetypes on this seed (office_hours_bot, measured from a start at night, is not
+caught within this one day) and flags no human; the pipeline must find exactly what the library
 finds offline (same alert ids), which is what the wiring promises, also when the
 detector is killed with SIGKILL mid-stream and restarted by the supervisor.
 """
@@ -118,7 +118,7 @@ def test_planted_bots_are_found(tmp_path: Path) -> None:
           f"bot risk {sorted(round(risks[u]['bot_score'], 2) for u in flagged)}, "
           f"max human risk {max(r['bot_score'] for u, r in risks.items() if who[u] not in BOTS)}, "
           f"webhook posts {hook.attempts}, {elapsed:.0f} s")
-    assert len(bots_found) >= 4, bots_found  # 5 of 7 today (see the module docstring)
+    assert len(bots_found) >= 5, bots_found  # 6 of 7 today (see the module docstring)
     assert len(humans_flagged) <= 1, humans_flagged  # none today
     for a in got:
         assert START_MS <= _ms(a["window_start"]) <= _ms(a["window_end"]) <= START_MS + DAYS * 86_400_000
