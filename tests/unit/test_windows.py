@@ -247,3 +247,15 @@ def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int) -> None:
             expected_orgs[key] = expected_orgs.get(key, 0) + e["input_tokens"]
     assert {k: b[1] for k, b in w.merge_deltas(stored.items()).items()} == expected_users
     assert {k: b[1] for k, b in org_store.items()} == expected_orgs
+
+
+def test_freed_memory_is_handed_back_at_most_once_per_interval() -> None:
+    from stream_processors.agents import FreeMemoryReturner
+
+    calls: list[int] = []
+    returner = FreeMemoryReturner(every_s=3600)
+    returner._trim = calls.append  # type: ignore[assignment]  # the real one is glibc's malloc_trim
+    returner.last -= 3600
+    for _ in range(5):
+        returner.maybe()
+    assert calls == [0]
