@@ -66,9 +66,9 @@ def crossings(budget: Budget, minutes: Iterable[tuple[int, int]]) -> list[Crossi
     return out
 
 
-def alert_id(budget: Budget, crossing: Crossing) -> str:
+def alert_id(budget: Budget, period_start_ms: int, threshold: float) -> str:
     """Stable per (budget, period, threshold): a re-check or a replay sends the same id."""
-    raw = f"budget|{budget.name}|{crossing.period_start_ms}|{crossing.threshold:g}"
+    raw = f"budget|{budget.name}|{period_start_ms}|{threshold:g}"
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream_processors.budgets.config import Budget
-from stream_processors.budgets.crossings import Crossing, alert_id, crossings, period_bounds, reason, severity
+from stream_processors.budgets.crossings import alert_id, crossings, period_bounds, reason, severity
 from tokentrail import alerts as wire
 from tokentrail.store.base import Store
 
@@ -106,7 +106,7 @@ class BudgetWatcher:
         for _, first_s, spent, org_id in periods:
             start_ms, end_ms = period_bounds(int(first_s) * 1000, budget.period)
             due = [t for t in budget.thresholds if int(spent) >= t * budget.limit_nanos]
-            if all(self._id(budget, start_ms, t) in self.sent for t in due):
+            if all(alert_id(budget, start_ms, t) in self.sent for t in due):
                 continue
             minutes = self.store.query(
                 f"SELECT toUnixTimestamp(t) * 1000, sum(cost_nanos) FROM usage_minute WHERE {where} "
@@ -114,7 +114,7 @@ class BudgetWatcher:
                 {**params, "start": datetime.fromtimestamp(start_ms / 1000, UTC),
                  "end": datetime.fromtimestamp(end_ms / 1000, UTC)})
             for crossing in crossings(budget, ((int(m), int(c)) for m, c in minutes)):
-                aid = alert_id(budget, crossing)
+                aid = alert_id(budget, crossing.period_start_ms, crossing.threshold)
                 if aid in self.sent:
                     continue
                 message = wire.alert_message(
@@ -128,7 +128,3 @@ class BudgetWatcher:
                 self.alerts += 1
                 out.append(message)
         return out
-
-    @staticmethod
-    def _id(budget: Budget, start_ms: int, threshold: float) -> str:
-        return alert_id(budget, Crossing(threshold, start_ms, 0, 0))

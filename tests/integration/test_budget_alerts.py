@@ -4,39 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from stream_processors.alert_sink import AlertSink
 from stream_processors.budgets.config import Budget
 from stream_processors.budgets.watcher import BudgetWatcher
+from stream_processors.sink import store_batch
 from tests.helpers import isolated_settings, run_until
+from tokentrail.envelope import encode_event
+from tokentrail.events import format_timestamp_ms
+from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
 from tokentrail.store import Store, open_store
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC
-NOV_20 = dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+NOV_20_MS = int(dt.datetime(2026, 11, 20, 9, 0, tzinfo=UTC).timestamp() * 1000)
+PRICES = PriceTable.load()
 NOW_MS = int(dt.datetime(2026, 11, 29, tzinfo=UTC).timestamp() * 1000)
-USD = 1_000_000_000
-
-
-COLUMNS = ["event_id", "ts", "user_id", "org_id", "model", "provider", "client", "session_id", "input_tokens",
-           "output_tokens", "cache_read_tokens", "cache_write_tokens", "total_tokens", "cost_nanos", "cost_source",
-           "price_version", "latency_ms", "prompt_hash", "metadata", "ingested_at"]
-
-
-def event(event_id: str, org: str, ts: dt.datetime, user_id: str, cost_nanos: int) -> list[Any]:
-    values: dict[str, Any] = {
-        "event_id": event_id, "ts": ts, "user_id": user_id, "org_id": org, "model": "gpt-x",
-        "provider": "openai", "client": "cli", "session_id": "s1", "input_tokens": 10, "output_tokens": 20,
-        "cache_read_tokens": 0, "cache_write_tokens": 0, "total_tokens": 30, "cost_nanos": cost_nanos,
-        "cost_source": "event", "price_version": "", "latency_ms": None, "prompt_hash": "", "metadata": "",
-        "ingested_at": ts,
-    }
-    return [values[c] for c in COLUMNS]
 
 
 @pytest.fixture()
@@ -48,9 +35,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 
 def spend(store: Store, tag: str, minutes: list[int], usd: float, org: str = "acme/eng", user: str = "alice") -> None:
-    rows = [event(f"{tag}-{m}", org, NOV_20 + dt.timedelta(minutes=m), user_id=user,
-                  cost_nanos=round(usd * USD)) for m in minutes]
-    store.insert("usage_events", COLUMNS, rows)
+    """Events costing ``usd`` each, stored as the history sink stores them."""
+    events = [encode_event({"event_id": f"{tag}-{m}", "timestamp": format_timestamp_ms(NOV_20_MS + m * 60_000),
+                            "user_id": user, "org_id": org, "model": "gpt-x", "input_tokens": 10,
+                            "output_tokens": 20, "cost_usd": usd}, PRICES) for m in minutes]
+    assert store_batch(store, events) == (len(events), 0)
 
 
 def test_crossings_are_alerted_once_stored_and_not_repeated_after_a_restart(
