@@ -91,10 +91,6 @@ def _canonical_ms(value: str) -> int | None:
 
 def parse_rfc3339_ms(value: object, field: str = "timestamp") -> int:
     """Strict RFC 3339 date-time with offset -> integer epoch milliseconds (UTC)."""
-    if type(value) is str and len(value) == 24:
-        fast = _canonical_ms(value)
-        if fast is not None:
-            return fast
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
         raise EventError(field, "must be an RFC 3339 date-time with offset, e.g. 2026-11-23T09:15:02.120Z")
     text = value.replace("z", "Z").replace("t", "T")
@@ -110,12 +106,29 @@ def parse_rfc3339_ms(value: object, field: str = "timestamp") -> int:
 
 def parse_timestamp_ms(value: object) -> int:
     """An event's timestamp: RFC 3339, and within the range event time may take."""
-    ts_ms = parse_rfc3339_ms(value)
+    return _in_event_time_range(parse_rfc3339_ms(value))
+
+
+def _in_event_time_range(ts_ms: int) -> int:
     # One event dated 2099 would move a partition's event-time watermark past
     # every real event; the history store's DateTime starts at 1970.
     if not 0 <= ts_ms <= time.time() * 1000 + MAX_FUTURE_MS:
         raise EventError("timestamp", "must lie between 1970-01-01 and 24 hours from now")
     return ts_ms
+
+
+def _event_time(value: object) -> tuple[int, str]:
+    """An event's timestamp -> (epoch ms, canonical text), range-checked.
+
+    A canonical stamp (most clients', and the wire form's) takes the fast path
+    and is kept as sent: it already is what format_timestamp_ms would make.
+    """
+    if isinstance(value, str) and len(value) == 24:
+        fast = _canonical_ms(value)
+        if fast is not None:
+            return _in_event_time_range(fast), value
+    ts_ms = parse_timestamp_ms(value)
+    return ts_ms, format_timestamp_ms(ts_ms)
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -156,11 +169,7 @@ def validate(raw: object) -> dict[str, Any]:
         if not 0 <= value <= MAX_TOKENS:
             raise EventError(name, f"must be between 0 and {MAX_TOKENS:,} (got {value})")
         event[name] = value
-    stamp = raw.get("timestamp")
-    event["ts_ms"] = parse_timestamp_ms(stamp)
-    # A canonical stamp is already what format_timestamp_ms would make of it.
-    event["timestamp"] = stamp if type(stamp) is str and _CANONICAL.fullmatch(stamp) else \
-        format_timestamp_ms(event["ts_ms"])
+    event["ts_ms"], event["timestamp"] = _event_time(raw.get("timestamp"))
     for name, high in _OPTIONAL_STRINGS:
         value = raw.get(name)
         if value is None:
