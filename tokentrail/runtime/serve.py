@@ -116,14 +116,7 @@ def run(settings: Settings, bootstrap: str, with_sink: bool = True) -> None:
         # Graceful stop: ingest already refuses (server stopped), then the sink
         # stores and commits what it read, then the store closes.
         ctx.draining = True
-        if sink is not None:
-            sink.stop()
-        if alert_sink is not None:
-            alert_sink.stop()
-        if webhooks is not None:
-            webhooks.stop()
-        if budgets is not None:
-            budgets.stop()
+        _stop_in_order(sink, alert_sink, webhooks, budgets)
         stats.stop()
         for probe in (ctx.processor_lag, ctx.sink_lag, ctx.detector_lag):
             if probe is not None:
@@ -157,12 +150,9 @@ def run_sink(settings: Settings, bootstrap: str) -> None:
     budgets = budget_watcher(settings, store, publisher)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    sink.start()
-    alert_sink.start()
-    if webhooks is not None:
-        webhooks.start()
-    if budgets is not None:
-        budgets.start()
+    for stage in (sink, alert_sink, webhooks, budgets):
+        if stage is not None:
+            stage.start()
     try:
         while not stopped.wait(1.0):
             if sink._thread is not None and not sink._thread.is_alive():
@@ -172,14 +162,17 @@ def run_sink(settings: Settings, bootstrap: str) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        sink.stop()
-        alert_sink.stop()
-        if webhooks is not None:
-            webhooks.stop()
-        if budgets is not None:
-            budgets.stop()
+        _stop_in_order(sink, alert_sink, webhooks, budgets)
         publisher.close(10)
         store.close()
+
+
+def _stop_in_order(*stages: Any) -> None:
+    """Stop the background stages that run (None: not configured), first to last:
+    the history sink stores and commits what it read before anything after it stops."""
+    for stage in stages:
+        if stage is not None:
+            stage.stop()
 
 
 def _sink_stats(sink: Any) -> dict[str, Any]:
