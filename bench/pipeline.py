@@ -161,12 +161,15 @@ def stage_names(stack: RunningStack) -> dict[int, str]:
 
 
 def plain_consumer_rate(bootstrap: str, topic: str, partitions: int, expect: int) -> tuple[float, int]:
-    """Decode envelopes and sum total tokens, nothing else: the ceiling."""
+    """Decode envelopes and sum total tokens, nothing else: the ceiling.
+
+    Timed like the processors in bench.processors: from the moment the first
+    messages are in hand (consume returned them) to the end of the last one."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-plain", "enable.auto.commit": False,
                          "fetch.max.bytes": 64 * 1024 * 1024})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen = tokens = 0
-    started = time.perf_counter()
+    started = None
     idle_since = None
     while seen < expect:
         msgs = consumer.consume(1000, 0.5)
@@ -176,12 +179,14 @@ def plain_consumer_rate(bootstrap: str, topic: str, partitions: int, expect: int
                 break
             continue
         idle_since = None
+        if started is None:
+            started = time.perf_counter()
         for m in msgs:
             if m.error() is None:
                 for e in orjson.loads(m.value() or b"[]"):
                     tokens += e["input_tokens"] + e["output_tokens"] + e["cache_read_tokens"] + e["cache_write_tokens"]
                     seen += 1
-    elapsed = time.perf_counter() - started
+    elapsed = time.perf_counter() - started if started is not None else float("nan")
     consumer.close()
     return seen / elapsed, tokens
 

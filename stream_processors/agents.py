@@ -135,8 +135,9 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     free_memory = FreeMemoryReturner()
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
 
-    def fold_batch(batch: list[Any]) -> list[windows.OrgMessage]:
-        """The synchronous part of a usage batch: envelopes -> user deltas, progress, org-delta messages."""
+    def fold_batch(batch: list[Any], done: dict[int, int]) -> list[windows.OrgMessage]:
+        """The synchronous part of a usage batch: envelopes -> user deltas, progress, org-delta messages.
+        ``done`` gets the last source offset applied per partition with new events."""
         resend: list[windows.OrgMessage] = []
         org_sums: windows.OrgSums = {}
         tags: list[int] = []
@@ -185,18 +186,27 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             )
             state.offset = last
             progress.set(part, key, prog)
+            done[part] = last
         # Re-sent deltas go first, each with its own tag, then the batch's.
         return resend + windows.org_messages(org_sums, tags, DELTA_CHUNK)
+
+    # Wall-clock timing of this process's batches per source partition, for
+    # benchmarks (published with the stats only): the start of the first batch
+    # with new events, and the end (everything durable, org deltas delivered)
+    # of the latest one and the source offset it ended at.
+    timing: dict[int, dict[str, int]] = {}
 
     @p.app.agent(p.usage, name="usage-windows")
     @exit_on_crash
     async def usage_windows(stream: Any) -> None:
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
+            started_ms = int(time.time() * 1000)
             # No reference cycles are made here; without the collector, the
             # batch's short-lived buckets are not traversed again and again.
             gc.disable()
+            done: dict[int, int] = {}  # partition -> last source offset applied by this batch
             try:
-                messages = fold_batch(batch)
+                messages = fold_batch(batch, done)
             finally:
                 gc.enable()
             free_memory.maybe()
@@ -216,6 +226,11 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             ]
             if futures:
                 await asyncio.gather(*futures)
+            ended_ms = int(time.time() * 1000)
+            for part, offset in done.items():
+                timed = timing.setdefault(part, {"batch_started_ms": started_ms})
+                timed["batch_ended_ms"] = ended_ms
+                timed["batch_ended_offset"] = offset
 
     @p.app.agent(p.org_deltas, name="org-windows")
     @exit_on_crash
@@ -249,12 +264,15 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             org_progress.flush()
             await flush_changelog()
 
-    register_stats(p.app, settings, p.progress, "processor", key_prefix="usage/")
+    register_stats(p.app, settings, p.progress, "processor", key_prefix="usage/",
+                   extra=lambda key: timing.get(int(key.rsplit("/", 1)[1]), {}))
 
 
-def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_prefix: str = "") -> None:
+def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_prefix: str = "",
+                   extra: Callable[[str], dict[str, int]] | None = None) -> None:
     """A timer publishing a stage's cumulative per-partition progress to the
-    stats topic (key "<stage>/<progress key>"), for GET /v1/pipeline."""
+    stats topic (key "<stage>/<progress key>"), for GET /v1/pipeline.
+    ``extra(progress key)``: more fields for the record (not stored state)."""
     stats_topic = app.topic(settings.stats_topic, value_serializer="raw", key_serializer="raw")
     instance = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -264,6 +282,8 @@ def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_
         for key, prog in list(progress.data.items()):
             if prog and key.startswith(key_prefix):
                 value = {**prog, "stage": stage, "instance": instance, "updated_ms": now}
+                if extra is not None:
+                    value.update(extra(key))
                 await stats_topic.send(key=f"{stage}/{key}".encode(), value=orjson.dumps(value))
 
 
