@@ -3,8 +3,11 @@
 User windows are kept as *deltas*. Per batch and source partition, the events
 counted in each minute of event time become ONE changelog record (a delta),
 keyed by (partition, minute, first and last source offset of the batch), whose
-value is ``[{user_id: bucket}, {org_id: sums}]``; a user bucket is ``N_SUMS``
-sums followed by the event ids it counted. A user-minute window is the sum of its minute's deltas
+value is ``[[{user_id: bucket}, ...], {org_id: sums}]``; a user bucket is ``N_SUMS``
+sums followed by the event ids it counted. The user dicts are *sealed* chunks:
+``fold`` serializes its pending buckets every ``SEAL_EVENTS`` events, while they
+are still in the CPU cache, so a user may have a bucket in several chunks of a
+record. A user-minute window is the sum of its minute's deltas
 (``merge_deltas``). So a changelog record costs a few hundred events, not one,
 and a record is never rewritten: state grows by exactly the new events.
 
@@ -44,6 +47,7 @@ SUM_FIELDS = ("requests", "input_tokens", "output_tokens", "cache_read_tokens", 
 N_SUMS = len(SUM_FIELDS)
 SEP = "\x1f"  # unit separator: cannot clash with anything sensible in an id
 MAX_CANON_USERS = 1 << 17
+SEAL_EVENTS = 2048  # events folded between two seals of the pending user buckets
 
 Sums = list[int]
 PerMinuteOrgs = dict[int, dict[str, Sums]]  # minute -> org id -> sums
@@ -97,7 +101,9 @@ class UserWindows:
         self.seen: dict[int, dict[str, str]] = {}  # minute -> {event_id: user_id}
         self.shared_ids: dict[int, set[tuple[str, str]]] = {}  # minute -> {(user_id, event_id)} (id clashes)
         self.keys: dict[int, list[str]] = {}  # minute -> stored delta keys
-        self.pending: dict[int, dict[str, list[Any]]] = {}  # this batch: minute -> {user_id: bucket}
+        self.pending: dict[int, dict[str, list[Any]]] = {}  # not yet sealed: minute -> {user_id: bucket}
+        self.sealed: dict[int, list[bytes]] = {}  # this batch: minute -> JSON {user_id: bucket} chunks
+        self.unsealed = 0  # events in ``pending``
         self.pending_orgs: dict[int, dict[str, Sums]] = {}  # this batch: minute -> {org_id: sums}
         self.users: dict[str, str] = {}  # one string object per user id (memory)
         self.horizon = -(1 << 62)  # minutes below it are expired (the first expire() sweeps restored ones)
@@ -110,7 +116,7 @@ class UserWindows:
             minute = delta_minute(key)
             self.keys.setdefault(minute, []).append(key)
             seen = self.seen.setdefault(minute, {})
-            for user, bucket in orjson.loads(value)[0].items():
+            for user, bucket in _user_items(orjson.loads(value)[0]):
                 user = self.users.setdefault(user, user)
                 for event_id in islice(bucket, N_SUMS, None):
                     if seen.setdefault(event_id, user) is not user:
@@ -191,7 +197,25 @@ class UserWindows:
                 acc[6] += cost
             counted += 1
         self.watermark_ms = wm
+        self.unsealed += counted
+        if self.unsealed >= SEAL_EVENTS:
+            self.seal()
         return counted, duplicates, late
+
+    def seal(self) -> None:
+        """Serialize the pending user buckets now, while they are in the CPU cache
+        (serializing and freeing a whole batch's buckets at its end costs ~3 times
+        more), and start new ones. A delta holds one chunk per seal."""
+        sealed = self.sealed
+        for minute, users in self.pending.items():
+            if users:
+                chunks = sealed.get(minute)
+                if chunks is None:
+                    sealed[minute] = [orjson.dumps(users)]
+                else:
+                    chunks.append(orjson.dumps(users))
+        self.pending = {}
+        self.unsealed = 0
 
     def _shared_seen(self, minute: int, user: str, event_id: str) -> bool:
         """An id already counted for another user: seen for this one? (Marks it seen.)"""
@@ -214,21 +238,23 @@ class UserWindows:
             self.seen.pop(minute, None)
             self.shared_ids.pop(minute, None)
             self.pending.pop(minute, None)  # counted, then expired within the batch: nothing to keep
+            self.sealed.pop(minute, None)
             self.pending_orgs.pop(minute, None)
             gone.extend(self.keys.pop(minute, ()))
         return gone
 
     def take_deltas(self, first_offset: int, last_offset: int) -> tuple[list[tuple[str, bytes]], PerMinuteOrgs]:
         """This batch's deltas as (key, value) records, and its org sums per minute;
-        the batch covered these source offsets. Value: ``[{user_id: bucket}, {org_id: sums}]``."""
+        the batch covered these source offsets. Value: ``[[{user_id: bucket}, ...], {org_id: sums}]``,
+        one user dict per seal (a user may be in several)."""
+        self.seal()
         records = []
         orgs = self.pending_orgs
-        for minute, users in self.pending.items():
-            if users:
-                key = delta_key(self.partition, minute, first_offset, last_offset)
-                self.keys.setdefault(minute, []).append(key)
-                records.append((key, orjson.dumps([users, orgs[minute]])))
-        self.pending = {}
+        for minute, chunks in self.sealed.items():
+            key = delta_key(self.partition, minute, first_offset, last_offset)
+            self.keys.setdefault(minute, []).append(key)
+            records.append((key, b"[[" + b",".join(chunks) + b"]," + orjson.dumps(orgs[minute]) + b"]"))
+        self.sealed = {}
         self.pending_orgs = {}
         return records, orgs
 
@@ -238,7 +264,7 @@ def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], li
     out: dict[tuple[str, int], list[Any]] = {}
     for key, value in items:
         minute = delta_minute(key)
-        for user, bucket in orjson.loads(value)[0].items():
+        for user, bucket in _user_items(orjson.loads(value)[0]):
             acc = out.get((user, minute))
             if acc is None:
                 out[(user, minute)] = [*bucket[:N_SUMS], bucket[N_SUMS:]]
@@ -246,6 +272,14 @@ def merge_deltas(items: Iterable[tuple[str, bytes]]) -> dict[tuple[str, int], li
                 add_into(acc, bucket)
                 acc[N_SUMS].extend(bucket[N_SUMS:])
     return out
+
+
+def _user_items(users: list[dict[str, list[Any]]] | dict[str, list[Any]]) -> Iterable[tuple[str, list[Any]]]:
+    """A delta's (user_id, bucket) pairs; a user may come more than once (one per seal).
+    A single dict is the format before sealed chunks."""
+    if isinstance(users, dict):
+        return users.items()
+    return [item for chunk in users for item in chunk.items()]
 
 
 def add_org_sums(out: OrgSums, per_minute: PerMinuteOrgs, source: int = 1) -> None:

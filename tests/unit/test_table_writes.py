@@ -33,7 +33,7 @@ def test_user_delta_records_match_faust_serialisation() -> None:
     [(key, value)], _orgs = state.take_deltas(7, 9)
     assert orjson.dumps(key) == topic.prepare_key(key, None, None)[0]
     assert _encode(value) == value == topic.prepare_value(value, None, None)[0]
-    assert orjson.loads(value) == [{"ü": [1, 1, 2, 3, 4, 10, 5, "e\"1"]}, {"a/b": [1, 1, 2, 3, 4, 10, 5]}]
+    assert orjson.loads(value) == [[{"ü": [1, 1, 2, 3, 4, 10, 5, "e\"1"]}], {"a/b": [1, 1, 2, 3, 4, 10, 5]}]
 
 
 def test_raw_bytes_values_match_faust_too() -> None:

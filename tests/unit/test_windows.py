@@ -71,6 +71,30 @@ def test_duplicates_count_once_within_and_across_batches_and_restarts() -> None:
     assert w.merge_deltas(stored.items())[("u1", M0)][:2] == [3, 30]
 
 
+def test_sealed_chunks_of_one_batch_sum_per_user_and_restore_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(w, "SEAL_EVENTS", 2)
+    state = w.UserWindows(0, 0, HOUR)
+    events = [ev(i, T0 + i, user=f"u{i % 2}") for i in range(5)]
+    counts, _, stored = run(state, [events[:2], events[2:3], events[3:]])
+    assert counts == (5, 0, 0) and len(stored) == 1
+    [value] = stored.values()
+    assert len(orjson.loads(value)[0]) == 2  # sealed after 2 events, then the rest at take_deltas
+    buckets = w.merge_deltas(stored.items())
+    assert buckets[("u0", M0)][0] == 3 and sorted(buckets[("u0", M0)][w.N_SUMS]) == ["e0", "e2", "e4"]
+    restored = w.UserWindows(0, state.watermark_ms, HOUR)
+    restored.load(stored.items())
+    assert run(restored, [events], first=3, stored=stored)[0] == (0, 5, 0)
+
+
+def test_records_of_the_unsealed_format_still_load() -> None:
+    old = orjson.dumps([{"u1": [1, 10, 1, 2, 3, 16, 100, "e1"]}, {"a/b": [1, 10, 1, 2, 3, 16, 100]}])
+    stored = {w.delta_key(0, M0, 0, 0): old}
+    state = w.UserWindows(0, T0, HOUR)
+    state.load(stored.items())
+    assert run(state, [[ev(1, T0), ev(2, T0)]], first=1, stored=stored)[0] == (1, 1, 0)
+    assert w.merge_deltas(stored.items())[("u1", M0)][:2] == [2, 20]
+
+
 def test_replayed_batch_writes_nothing_new() -> None:
     """A batch re-processed after a crash (its deltas were stored) adds no delta,
     so a delta key is never written twice with different contents."""
@@ -157,11 +181,15 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.parametrize("seal_events", [w.SEAL_EVENTS, 3])
 @pytest.mark.parametrize("seed", range(8))
-def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int) -> None:
+def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int, seal_events: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The usage agent's order (fold; store deltas; progress; then org deltas),
     re-run after crashes at random points with random batch boundaries, ends
-    with exact user and org windows, re-sent events counted once."""
+    with exact user and org windows, re-sent events counted once; also when
+    pending buckets are sealed every few events (a user in several chunks)."""
+    monkeypatch.setattr(w, "SEAL_EVENTS", seal_events)
     rng = random.Random(seed)
     users = [f"u{i}" for i in range(7)]
     pool = [ev(i, T0 + rng.randrange(30) * 20_000, user=rng.choice(users), org=rng.choice(["a/b", "a/c", "d"]),
