@@ -92,28 +92,34 @@ class Batch:
     risk: list[RiskUpdate] = field(default_factory=list)
 
 
-def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], events: Iterable[Any],
+def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], events: Iterable[Any],
          prices: PriceTable, batch: Batch, part: int) -> None:
     """Feed one partition's envelopes (in offset order) to the stage."""
     applied = prog["offset"]
+    stage.sync_peers(part, applied, prog.get("peers"))
     for message in events:
         offset = message.message.offset
         if offset <= applied:
             continue  # applied and counted before a restart; state and progress came back from the changelogs
         good, bad = decode_envelope(message.value, prices)  # the history sink dead-letters bad ones
         fed_here: set[str] = set()
-        for event in good:
+        for index, event in enumerate(good):
             user_id = event["user_id"]
             if user_id not in batch.touched:
-                lost = stage.begin(user_id, states.get(user_id), applied)
+                lost = stage.begin(user_id, states.get(user_id), applied, part)
                 prog["fed"] += lost.fed
                 prog["duplicates"] += lost.duplicates
                 prog["alerts"] += lost.alerts
                 batch.touched[user_id] = part
             if stage.applied(user_id, offset):
-                continue  # the user's state has this envelope: its progress was lost in a crash
+                # The user's state has this envelope: its progress was lost in a crash. A day
+                # it closed here goes to the peers again, at this very place (see stage.py).
+                owe = stage.owed_contribution(part, offset, index)
+                if owe is not None:
+                    stage.detector.contribute(part, owe.org_id, owe.tokens)
+                continue
             fed_here.add(user_id)
-            found = stage.observe(event)
+            found = stage.observe(event, offset, index)
             if found is None:
                 prog["duplicates"] += 1
                 continue
@@ -144,7 +150,15 @@ def finish(stage: DetectorStage, states: BufferedTable, batch: Batch) -> None:
             states.set(part, user_id, value)
 
 
-def prune(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], part: int, partitions: int) -> None:
+def settle(stage: DetectorStage, batch: Batch, part: int, prog: dict[str, Any]) -> dict[str, Any]:
+    """The partition's progress record once the batch's user states are durable."""
+    prog["alerts"] += sum(1 for a in batch.alerts if batch.touched[a.user_id] == part)
+    prog["risk_updates"] += sum(1 for r in batch.risk if batch.touched[r.user_id] == part)
+    prog["peers"] = stage.save_peers(part, prog["offset"])  # one record: atomic with the offset
+    return prog
+
+
+def prune(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], part: int, partitions: int) -> None:
     """Once per day of event time: delete the partition's users idle past the horizon."""
     day = stage.detector.now // DAY_MS
     if day <= prog["pruned_day"]:
@@ -168,7 +182,7 @@ def risk_value(update: RiskUpdate) -> bytes:
 
 
 def register(d: DetectorApp, settings: Settings, prices: PriceTable, bootstrap: str) -> DetectorStage:
-    stage = DetectorStage(settings.detector_recent_ids, settings.risk_min_change)
+    stage = DetectorStage(settings.detector_recent_ids, settings.risk_min_change, partitions=settings.partitions)
     writer = ChangelogWriter(bootstrap)
     states = BufferedTable(d.states, writer)
     progress = BufferedTable(d.progress, writer)
@@ -178,7 +192,7 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable, bootstrap: 
     async def detect(stream: Any) -> None:
         async for envelopes in stream.take_events(settings.detector_batch_messages, settings.detector_batch_s):
             batch = Batch()
-            progs: dict[int, dict[str, int]] = {}
+            progs: dict[int, dict[str, Any]] = {}
             for part, events in by_partition(envelopes).items():
                 prog = progs[part] = {**NEW_PROGRESS, **(progress.get(f"usage/{part}") or {})}
                 feed(stage, states, prog, events, prices, batch, part)
@@ -189,15 +203,25 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable, bootstrap: 
             states.flush()
             await asyncio.to_thread(writer.flush)  # user states durable ...
             for part, prog in progs.items():
-                prog["alerts"] += sum(1 for a in batch.alerts if batch.touched[a.user_id] == part)
-                prog["risk_updates"] += sum(1 for r in batch.risk if batch.touched[r.user_id] == part)
-                progress.set(part, f"usage/{part}", prog)
+                progress.set(part, f"usage/{part}", settle(stage, batch, part, prog))
             progress.flush()
             await asyncio.to_thread(writer.flush)  # ... before the progress that says they are
 
-    register_stats(d.app, settings, d.progress, "detector")
+    register_stats(d.app, settings, _Counters(d.progress), "detector")
 
     return stage
+
+
+class _Counters:
+    """The progress table as the stats timer should see it: counters, without the peer figures."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {key: {k: v for k, v in prog.items() if k != "peers"} if prog else prog
+                for key, prog in list(self.table.data.items())}
 
 
 async def _publish(d: DetectorApp, batch: Batch) -> None:

@@ -35,7 +35,8 @@ REGULAR_SD = 0.5  # sd of log inter-arrival gaps below which a cadence counts as
 _M64 = (1 << 64) - 1
 _SLOT_MASK = (1 << SLOTS) - 1
 _SCALARS = struct.Struct("<qqqqqqqqqqq" + "d" * 24)
-_FLOATS = struct.Struct("<" + "f" * (16 + BLOCKS))
+_FLOATS = struct.Struct("<" + "d" * (16 + BLOCKS))  # doubles: a restored state goes on bit for bit
+_FLOATS_V1 = struct.Struct("<" + "f" * (16 + BLOCKS))  # the layout before: rounded to float32
 _TRAILER = struct.Struct("<BQ")  # fields added after the streams, behind a version byte
 TRAILER_VERSION = 2
 
@@ -64,6 +65,7 @@ class UserFeatures:
         "bloom1",
         "bloom_count",
         "cache_share",
+        "closed_tokens",
         "conc",
         "conc_ts",
         "d_n",
@@ -120,6 +122,7 @@ class UserFeatures:
         self.rep_hits = 0.0  # sampled repeats, halved every 6 h: repetition volume, not share
         self.hour_tokens = self.hour_base = self.day_tokens = self.day_base = self.tokens = 0.0
         self.d_n = 0
+        self.closed_tokens = 0.0  # tokens of the day this update left behind (for peers); not stored
         self.hist = [0.0] * 16  # log2 buckets of gaps, 0.5 s .. 4.5 h
         self.blocks = [0.0] * BLOCKS  # requests per 6 h block, ring
         self.bloom0 = self.bloom1 = self.bloom_count = 0
@@ -186,6 +189,7 @@ class UserFeatures:
         self.hour_tokens += tokens
         day = ts // DAY_MS
         if day != self.day:
+            self.closed_tokens = self.day_tokens
             for _ in range(min(day - self.day, 7)):  # idle days count as zero usage
                 self.day_base = self.day_tokens if self.d_n == 0 else (
                     self.day_base + 0.3 * (self.day_tokens - self.day_base))
@@ -368,7 +372,8 @@ class UserFeatures:
                 + self.streams.to_bytes() + _TRAILER.pack(TRAILER_VERSION, self.seq_bits))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> UserFeatures:
+    def from_bytes(cls, data: bytes, wide: bool = True) -> UserFeatures:
+        """``wide=False`` reads the older layout (gap histogram and blocks as float32)."""
         f = cls()
         values = _SCALARS.unpack_from(data, 0)
         (f.first_ts, f.last_ts, f.n, f.n_gaps, f.regular_since, f.ss_last, f.ss_n,
@@ -379,9 +384,10 @@ class UserFeatures:
          f.big_hits) = values[11:]
         f.d_n, f.bloom_count = int(d_n), int(bloom_count)
         pos = _SCALARS.size
-        arrays = _FLOATS.unpack_from(data, pos)
+        floats = _FLOATS if wide else _FLOATS_V1
+        arrays = floats.unpack_from(data, pos)
         f.hist, f.blocks = list(arrays[:16]), list(arrays[16:])
-        pos += _FLOATS.size
+        pos += floats.size
         f.hour, f.day, f.block, f.slot = struct.unpack_from("<qqqq", data, pos)
         pos += 32
         f.hour_mask = int.from_bytes(data[pos:pos + 6], "little")

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from stream_processors.detection.features import HOUR_MS, SAMPLE_MASK, UserFeatures
+from stream_processors.detection.peers import PeerReference
 from stream_processors.detection.streams import Stream
 
 BIAS = 0.95  # weighted evidence at which the score is 0.5
@@ -136,6 +137,23 @@ def size_regularity(f: UserFeatures) -> Signal:
     return Signal("size_regularity", strength, 0.4, f"request size varies only ±{sd:.0%}")
 
 
+PEER_FROM = math.log(50)  # heavy honest users reach ~25x a typical day, the heaviest ~150x
+PEER_FULL = math.log(1000)
+
+
+def peer_volume(f: UserFeatures, peers: PeerReference | None) -> Signal:
+    """Today's tokens against a typical day of the user's org. Weak on purpose: volume
+    alone is what tokenmaxxing games, and heavy agentic coders run far above their
+    peers too; it only adds to evidence of another kind, and tells a reviewer the scale."""
+    if peers is None or peers.typical_tokens <= 0 or f.day_tokens <= 0:
+        return Signal("peer_volume", 0.0, 0.25, "")
+    ratio = f.day_tokens / peers.typical_tokens
+    strength = _clamp((math.log(max(ratio, 1e-9)) - PEER_FROM) / (PEER_FULL - PEER_FROM))
+    return Signal("peer_volume", strength, 0.25,
+                  f"{f.day_tokens:,.0f} tokens today, {ratio:,.0f}× a typical day in {peers.org_id} "
+                  f"({peers.typical_tokens:,.0f}, over {peers.user_days} recent user-days)")
+
+
 NOTHING = Signal("none", 0.0, 0.0, "")  # a stream signal without evidence: never shown
 STALE_MS = 2 * HOUR_MS  # a stream silent this long no longer testifies
 EXACT_RUN = 200  # near-identical gaps over this many requests: the early path
@@ -212,9 +230,10 @@ def stream_context(s: Stream) -> Signal:
                   f"{share:.0%} of the last {s.recent()} requests from {s.label} send ≥100k uncached tokens")
 
 
-def signals(f: UserFeatures, now: int) -> list[Signal]:
+def signals(f: UserFeatures, now: int, peers: PeerReference | None = None) -> list[Signal]:
     found = {s.name: s for s in (cadence(f, now), repetition(f), no_rest(f, now), concurrency(f),
                                  context_burn(f), flat_day(f), growth(f), size_regularity(f),
+                                 peer_volume(f, peers),
                                  Signal("sessions", 0.0, 1.0, ""))}  # sessions: streams only
     for stream in f.streams.table.values():
         if now - stream.last_ts > STALE_MS:
@@ -226,11 +245,12 @@ def signals(f: UserFeatures, now: int) -> list[Signal]:
     return list(found.values())
 
 
-def score(f: UserFeatures, now: int | None = None) -> tuple[float, list[str]]:
+def score(f: UserFeatures, now: int | None = None,
+          peers: PeerReference | None = None) -> tuple[float, list[str]]:
     """(bot_score, reasons strongest first); reasons only for signals that count."""
     if f.n == 0:
         return 0.0, []
-    found = signals(f, f.last_ts if now is None else now)
+    found = signals(f, f.last_ts if now is None else now, peers)
     total = sum(s.evidence for s in found)
     value = 1.0 / (1.0 + math.exp(-STEEPNESS * (total - BIAS)))
     ranked = sorted((s for s in found if s.strength >= 0.3), key=lambda s: -s.evidence)

@@ -9,10 +9,21 @@ bot score published (so risk updates go out when the score moves, not per event)
 Exactly once across crashes. The agent writes a batch's user states, waits for
 them to be acknowledged, and only then writes the partition's progress (offset
 applied, counters). Each user state carries the offset of the last envelope
-applied to it and what that batch counted for the user (fed, duplicates,
-alerts). After a crash between the two writes, an envelope at or below a
-user's offset is not fed again (``applied``), and ``begin`` hands back the
-user's counts of the batch whose progress was lost, to be counted once.
+applied to it, what that batch counted for the user (fed, duplicates,
+alerts), and where the partition's progress stood when that batch began.
+After a crash between the two writes, an envelope at or below a user's offset
+is not fed again (``applied``), and ``begin`` hands back the user's counts of
+the batch whose progress was lost (the progress still stands where it did when
+that batch began), to be counted once; they stay owed, and are handed back
+again, until a progress record written after them exists.
+
+Peer figures (peers.py) live in the partition's progress record, so after such a
+crash they are as of the previous batch, while some users' states already hold
+the lost batch. Those users' events are not fed again, so the days they closed in
+that batch would be missing from the peers: each user state also keeps its
+last batch's contributions with their position (envelope offset, index in it),
+and the agent re-applies each one at exactly that position of the replay, which
+keeps every peer figure, and so every score, what it was.
 """
 
 from __future__ import annotations
@@ -24,16 +35,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream_processors.detection import Alert, Detector
+from stream_processors.detection import Alert, Detector, PartitionPeers
 from stream_processors.detection.alerts import THRESHOLD
 
 RISK_EVERY = 16  # events of a user between risk checks ...
 RISK_EVERY_MS = 5 * 60_000  # ... or this much of its event time
-_VERSION = 2
+_VERSION = 3
 # version, id hashes kept, ring position, events fed, published score, last event time,
 # event time of the last risk check, events since it, offset of the last envelope
 # applied, and that batch's fed / duplicates / alerts of this user
-_HEAD = struct.Struct("<BHHqdqqiqiii")
+_HEAD_V2 = struct.Struct("<BHHqdqqiqiii")
+# ... and (version 3) the partition's progress offset when that batch began, and how
+# many peer contributions the batch made (stored after the ids)
+_HEAD = struct.Struct("<BHHqdqqiqiiiqH")
+LEGACY = -(1 << 62)  # a version-2 state: no batch start, owed counts go by its offset alone
+_CONTRIB = struct.Struct("<qidH")  # envelope offset, index in it, tokens, org id length (then the id)
 
 
 def id_hash(event_id: str) -> int:
@@ -42,9 +58,32 @@ def id_hash(event_id: str) -> int:
     return zlib.crc32(event_id.encode())
 
 
+@dataclass(frozen=True)
+class Contribution:
+    """A user-day handed to the peers, where in the partition it happened."""
+
+    offset: int
+    index: int
+    org_id: str
+    tokens: float
+
+
 class UserMeta:
-    __slots__ = ("batch_alerts", "batch_dups", "batch_fed", "fed", "ids", "last_ts", "offset", "pos",
-                 "published", "risk_n", "risk_ts")
+    __slots__ = (
+        "batch_alerts",
+        "batch_dups",
+        "batch_fed",
+        "batch_start",
+        "contribs",
+        "fed",
+        "ids",
+        "last_ts",
+        "offset",
+        "pos",
+        "published",
+        "risk_n",
+        "risk_ts",
+    )
 
     def __init__(self) -> None:
         self.ids = array("I")
@@ -56,6 +95,8 @@ class UserMeta:
         self.risk_n = 0
         self.offset = -1
         self.batch_fed = self.batch_dups = self.batch_alerts = 0
+        self.contribs: list[Contribution] = []
+        self.batch_start = -1  # progress offset of the partition when the batch_* counts began
 
     def remember(self, h: int, capacity: int) -> bool:
         """Record an id hash; False when it is among the recent ones (a re-send)."""
@@ -90,22 +131,41 @@ NOTHING = Recount()
 
 
 def stored_fed(value: bytes) -> int:
-    return int(_HEAD.unpack_from(value, 0)[3])
+    return int(_HEAD_V2.unpack_from(value, 0)[3])  # the same place in both layouts
 
 
 def stored_last_ts(value: bytes) -> int:
     """Event time of the user's latest event, read from a table value without loading it."""
-    return int(_HEAD.unpack_from(value, 0)[5]) if value[0] == _VERSION else 0
+    return int(_HEAD_V2.unpack_from(value, 0)[5]) if value[0] in (2, _VERSION) else 0
 
 
 class DetectorStage:
     """A Detector plus the per-user bookkeeping above; fed one wire event at a time."""
 
-    def __init__(self, recent_ids: int = 256, min_change: float = 0.05, detector: Detector | None = None) -> None:
-        self.detector = detector or Detector()
+    def __init__(self, recent_ids: int = 256, min_change: float = 0.05, detector: Detector | None = None,
+                 partitions: int = 4) -> None:
+        self.detector = detector or Detector(partitions=partitions)
         self.recent_ids = recent_ids
         self.min_change = min_change
         self.meta: dict[str, UserMeta] = {}
+        self.peers_at: dict[int, int] = {}  # partition -> offset its in-memory peer figures are as of
+        self.owed: dict[int, dict[tuple[int, int], Contribution]] = {}  # partition -> (offset, index) -> owed
+
+    def sync_peers(self, partition: int, applied: int, stored: Mapping[str, Any] | None) -> None:
+        """Make the partition's peer figures the stored ones (as of offset ``applied``),
+        unless the in-memory copy is already that."""
+        if self.peers_at.get(partition) != applied:
+            self.detector.peers[partition] = PartitionPeers.from_json(stored)
+            self.peers_at[partition] = applied
+        owed = self.owed.get(partition)
+        if owed:  # passed, or covered by a progress record: in the stored figures
+            for key in [k for k in owed if k[0] <= applied]:
+                del owed[key]
+
+    def save_peers(self, partition: int, applied: int) -> dict[str, Any]:
+        """The partition's peer figures as of offset ``applied``, for its progress record."""
+        self.peers_at[partition] = applied
+        return self.detector.peers_of(partition).to_json()
 
     def sync(self, user_id: str, stored: bytes | None) -> None:
         """Make the in-memory state of ``user_id`` the stored one, unless it already is
@@ -119,7 +179,7 @@ class DetectorStage:
             return
         self.load(user_id, stored)
 
-    def begin(self, user_id: str, stored: bytes | None, applied: int) -> Recount:
+    def begin(self, user_id: str, stored: bytes | None, applied: int, partition: int = 0) -> Recount:
         """First touch of ``user_id`` in a batch whose partition progress is at offset ``applied``.
 
         Syncs with the table, and returns the user's counts of its last batch when
@@ -129,9 +189,27 @@ class DetectorStage:
         meta = self.meta.get(user_id)
         if meta is None:
             return NOTHING
-        lost = Recount(meta.batch_fed, meta.batch_dups, meta.batch_alerts) if meta.offset > applied else NOTHING
+        # The batch_* counts are owed when no progress record was written after the batch
+        # that made them began: the partition's progress is still where it was then.
+        owed = meta.offset > applied if meta.batch_start == LEGACY else meta.batch_start == applied
+        meta.batch_start = applied
+        # The partition's peer figures hold exactly the contributions at or below its
+        # progress offset; the user's later ones are owed until a progress record covers them.
+        meta.contribs = [c for c in meta.contribs if c.offset > applied]
+        if meta.contribs:
+            self.owed.setdefault(partition, {}).update(((c.offset, c.index), c) for c in meta.contribs)
+        if owed:
+            # Kept, and added to by this batch: a second crash before this batch's progress
+            # is written must hand them back again.
+            return Recount(meta.batch_fed, meta.batch_dups, meta.batch_alerts)
         meta.batch_fed = meta.batch_dups = meta.batch_alerts = 0
-        return lost
+        return NOTHING
+
+    def owed_contribution(self, partition: int, offset: int, index: int) -> Contribution | None:
+        """The contribution a skipped event (the ``index``-th of the envelope at ``offset``)
+        made before a crash, if any: to be applied again at exactly this place."""
+        owed = self.owed.get(partition)
+        return owed.pop((offset, index), None) if owed else None
 
     def applied(self, user_id: str, offset: int) -> bool:
         """True when the envelope at ``offset`` was applied to this user before (a replay)."""
@@ -148,29 +226,45 @@ class DetectorStage:
     def count_alerts(self, user_id: str, n: int) -> None:
         meta = self.meta.get(user_id)
         if meta is not None:
-            meta.batch_alerts = n
+            meta.batch_alerts += n
 
     def load(self, user_id: str, value: bytes) -> None:
-        (version, n, pos, fed, published, last_ts, risk_ts, risk_n,
-         offset, batch_fed, batch_dups, batch_alerts) = _HEAD.unpack_from(value, 0)
-        if version != _VERSION or last_ts < self.detector.now - self.detector.idle_ms:
-            self.forget(user_id)  # unknown layout, or idle long enough that the Detector would forget it
+        version = value[0]
+        if version == _VERSION:
+            head = _HEAD.unpack_from(value, 0)
+            start, batch_start, n_contribs = _HEAD.size, head[12], head[13]
+        elif version == 2:  # written before peer figures existed: no contributions
+            head = _HEAD_V2.unpack_from(value, 0)
+            start, batch_start, n_contribs = _HEAD_V2.size, LEGACY, 0
+        else:
+            self.forget(user_id)  # unknown layout
+            return
+        (_, n, pos, fed, published, last_ts, risk_ts, risk_n, offset, batch_fed, batch_dups, batch_alerts) = head[:12]
+        if last_ts < self.detector.now - self.detector.idle_ms:
+            self.forget(user_id)  # idle long enough that the Detector would forget it
             return
         meta = UserMeta()
-        start = _HEAD.size
         meta.ids = array("I", value[start:start + 4 * n])
         meta.pos, meta.fed, meta.published, meta.last_ts = pos, fed, published, last_ts
         meta.risk_ts, meta.risk_n = risk_ts, risk_n
         meta.offset, meta.batch_fed, meta.batch_dups, meta.batch_alerts = offset, batch_fed, batch_dups, batch_alerts
+        meta.batch_start = batch_start
+        at = start + 4 * n
+        for _ in range(n_contribs):
+            c_offset, index, tokens, org_len = _CONTRIB.unpack_from(value, at)
+            at += _CONTRIB.size
+            meta.contribs.append(Contribution(c_offset, index, value[at:at + org_len].decode(), tokens))
+            at += org_len
         self.meta[user_id] = meta
-        self.detector.load_state(user_id, value[start + 4 * n:])
+        self.detector.load_state(user_id, value[at:], wide=version == _VERSION)
 
     def forget(self, user_id: str) -> None:
         self.meta.pop(user_id, None)
         self.detector.users.pop(user_id, None)
 
-    def observe(self, event: Mapping[str, Any]) -> list[Alert] | None:
-        """Feed one event; None when it is a re-send of a recent event (not fed)."""
+    def observe(self, event: Mapping[str, Any], offset: int = -1, index: int = 0) -> list[Alert] | None:
+        """Feed one event (the ``index``-th of the envelope at ``offset``); None when it
+        is a re-send of a recent event (not fed)."""
         user_id = event["user_id"]
         meta = self.meta.get(user_id)
         if meta is None:
@@ -182,7 +276,11 @@ class DetectorStage:
         meta.batch_fed += 1
         meta.risk_n += 1
         meta.last_ts = max(meta.last_ts, event["ts_ms"])
-        return self.detector.observe(event)
+        found = self.detector.observe(event)
+        if self.detector.contributed is not None:
+            org_id, tokens = self.detector.contributed
+            meta.contribs.append(Contribution(offset, index, org_id, tokens))
+        return found
 
     def risk_update(self, user_id: str, alerted: bool = False) -> RiskUpdate | None:
         """A new bot score to publish when it moved by ``min_change`` or crossed the threshold."""
@@ -205,10 +303,13 @@ class DetectorStage:
         if meta is None or user_id not in self.detector.users:
             self.meta.pop(user_id, None)
             return None
+        contribs = meta.contribs  # at most one per user and day of event time in the batch
         head = _HEAD.pack(_VERSION, len(meta.ids), meta.pos, meta.fed, meta.published, meta.last_ts,
                           meta.risk_ts, meta.risk_n, meta.offset, meta.batch_fed, meta.batch_dups,
-                          meta.batch_alerts)
-        return head + meta.ids.tobytes() + self.detector.state_bytes(user_id)
+                          meta.batch_alerts, meta.batch_start, len(contribs))
+        tail = b"".join(_CONTRIB.pack(c.offset, c.index, c.tokens, len(org := c.org_id.encode())) + org
+                        for c in contribs)
+        return head + meta.ids.tobytes() + tail + self.detector.state_bytes(user_id)
 
     def idle(self, stored: Mapping[str, bytes], now_ms: int) -> list[str]:
         """Users of ``stored`` (one partition's table values) idle past the Detector's horizon.

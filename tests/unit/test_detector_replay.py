@@ -7,12 +7,15 @@ replayed batch must neither feed an event twice nor lose the batch's counts.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
-from stream_processors.detection.agent import NEW_PROGRESS, Batch, feed, finish, prune
+from stream_processors.detection.agent import NEW_PROGRESS, Batch, feed, finish, prune, settle
 from stream_processors.detection.stage import DetectorStage
 from stream_processors.table_writes import BufferedTable
 from tokentrail.envelope import encode_event
@@ -67,11 +70,32 @@ def envelopes(n: int, users: int = 3, resend_every: int = 7) -> list[Message]:
     return out
 
 
-def run_batch(stage: DetectorStage, states: BufferedTable, prog: dict[str, int], batch_msgs: list[Message]) -> None:
+def days_of_envelopes(n: int, users: int = 6, days: int = 4) -> list[Message]:
+    """n envelopes of 4 events each, ``users`` users of two orgs over ``days`` days of
+    event time (so users close days and feed their org's peer figures); some re-sends."""
+    out, k = [], 0
+    step = days * 86_400_000 // (4 * n)
+    for offset in range(n):
+        events = []
+        for _ in range(4):
+            k += 1
+            i = k - 1 if k % 11 == 0 else k
+            ts = 1_794_787_200_000 + i * step
+            stamp = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raw = {"event_id": f"e-{i}", "timestamp": stamp, "user_id": f"user-{i % users}",
+                   "org_id": "acme/eng" if i % users < users // 2 else "acme/ops", "model": "claude-sonnet-4",
+                   "input_tokens": 100 + 37 * (i % 13) * (1 + i % users), "output_tokens": 10,
+                   "client": "api", "prompt_hash": f"{i:04x}", "session_id": f"s-{i // 40}"}
+            events.append(encode_event(raw, PRICES))
+        out.append(Message(Inner(offset), orjson.dumps(events)))
+    return out
+
+
+def run_batch(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], batch_msgs: list[Message]) -> None:
     batch = Batch()
     feed(stage, states, prog, batch_msgs, PRICES, batch, 0)
     finish(stage, states, batch)
-    prog["alerts"] += len(batch.alerts)
+    settle(stage, batch, 0, prog)
 
 
 def test_a_crash_between_state_and_progress_writes_feeds_and_counts_each_event_once() -> None:
@@ -104,6 +128,43 @@ def test_a_crash_between_state_and_progress_writes_feeds_and_counts_each_event_o
         assert restarted.meta[user].fed == clean_stage.meta[user].fed
         assert restarted.meta[user].ids == clean_stage.meta[user].ids
         assert restarted.detector.state_bytes(user) == clean_stage.detector.state_bytes(user)
+
+
+def _run(messages: list[Message], cuts: list[int]) -> tuple[DetectorStage, BufferedTable, dict[str, Any]]:
+    stage, table, prog = DetectorStage(partitions=1), BufferedTable(Table()), dict(NEW_PROGRESS)
+    for lo, hi in itertools.pairwise([0, *cuts, len(messages)]):
+        run_batch(stage, table, prog, messages[lo:hi])
+        table.flush()
+    return stage, table, prog
+
+
+@pytest.mark.parametrize("crashes", [1, 2])
+def test_peer_figures_and_counts_survive_crashes_between_the_two_writes(crashes: int) -> None:
+    """Users close days (feeding their org's peer figures) inside a batch whose progress
+    is lost, once or twice in a row; the replay, in other batch sizes, must end with the
+    same peer figures, counts and user states as a run without a crash."""
+    messages = days_of_envelopes(120)
+    clean_stage, _, clean = _run(messages, [40, 80])
+    assert clean["peers"]["orgs"] and all(o[0] >= 4 for o in clean["peers"]["orgs"].values())
+
+    stage, table, prog = _run(messages[:40], [])
+    durable = dict(prog)
+    run_batch(stage, table, prog, messages[40:80])
+    table.flush()  # states durable, progress lost
+    for _ in range(crashes - 1):  # restart, replay part of it, states durable, progress lost again
+        stage, prog = DetectorStage(partitions=1), dict(durable)
+        run_batch(stage, table, prog, messages[40:63])
+        table.flush()
+    stage, prog = DetectorStage(partitions=1), dict(durable)
+    for lo, hi in ((40, 57), (57, 95), (95, 120)):
+        run_batch(stage, table, prog, messages[lo:hi])
+        table.flush()
+
+    assert prog["peers"] == clean["peers"]
+    for key in ("fed", "duplicates", "offset", "alerts"):
+        assert prog[key] == clean[key], key
+    for user in clean_stage.meta:
+        assert stage.detector.state_bytes(user) == clean_stage.detector.state_bytes(user)
 
 
 def test_a_replayed_batch_whose_progress_was_written_is_skipped() -> None:
