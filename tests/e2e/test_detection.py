@@ -131,7 +131,6 @@ def test_planted_bots_are_found(tmp_path: Path) -> None:
     delivered = [h for h, _ in hook.received]
     assert sorted(h["x-tokentrail-alert-id"] for h in delivered) == sorted(ids)
     assert all(verify(body, SECRET, h["x-tokentrail-signature"]) for h, body in hook.received)
-    assert elapsed < 180, elapsed
 
 
 def _ms(text: str) -> int:
