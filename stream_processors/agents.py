@@ -96,6 +96,28 @@ class UserState:
         return state
 
 
+class QuietCollector:
+    """The garbage collector kept away from what it cannot free.
+
+    Once processing starts, the objects of start-up and recovery (Faust, its
+    modules, restored tables) are frozen: full collections stop traversing
+    them. Young collections run every 20,000 allocations instead of 700; the
+    processors make no reference cycles of their own (their hot loops run with
+    the collector off), so this only lets the short-lived containers of a batch
+    die by reference count before the collector visits them.
+    """
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def once(self) -> None:
+        if not self.done:
+            self.done = True
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(20_000, 10, 10)
+
+
 class FreeMemoryReturner:
     """Hands memory freed by expired windows back to the OS now and then.
 
@@ -132,6 +154,7 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def flush_changelog() -> None:
         await asyncio.to_thread(writer.flush)
     user_state = UserState(users, retention_ms)
+    quiet_collector = QuietCollector()
     free_memory = FreeMemoryReturner()
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
 
@@ -201,6 +224,7 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def usage_windows(stream: Any) -> None:
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
             started_ms = int(time.time() * 1000)
+            quiet_collector.once()
             # No reference cycles are made here; without the collector, the
             # batch's short-lived buckets are not traversed again and again.
             gc.disable()

@@ -28,6 +28,7 @@ end on Tansu, and on Apache Kafka the marker costs one compacted record.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -57,6 +58,20 @@ class ChangelogWriter:
         with self._lock:  # two agents share a writer; flush runs in a thread
             self._written.add((topic, partition))
         self._produce(topic, partition, key, value)
+
+    def send_many(self, topic: str, records: Iterable[tuple[int, bytes, bytes | None]]) -> None:
+        """``send`` for many (partition, key, value) records of one topic."""
+        produce = self._producer.produce
+        on_delivery = self._on_delivery
+        partitions = set()
+        for partition, key, value in records:
+            partitions.add(partition)
+            try:
+                produce(topic, value=value, key=key, partition=partition, on_delivery=on_delivery)
+            except BufferError:
+                self._produce(topic, partition, key, value)
+        with self._lock:
+            self._written.update((topic, p) for p in partitions)
 
     def _produce(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         while True:
@@ -119,20 +134,35 @@ class BufferedTable:
         batch's offsets may be committed.
         """
         data = self.local
+        if self.writer is not None:
+            self.writer.send_many(self.topic, self._apply_encoded())
+            n = len(self.pending)
+            self.pending = {}
+            return n
         for key, (partition, value) in self.pending.items():
             if value is None:
                 data.pop(key, None)
             else:
                 data[key] = value
-            if self.writer is not None:
-                self.writer.send(self.topic, partition, orjson.dumps(key), _encode(value))
-            elif value is None:
+            if value is None:
                 self.table.send_changelog(partition, key, None, value_serializer="raw")
             else:
                 self.table.send_changelog(partition, key, value)
         n = len(self.pending)
         self.pending = {}
         return n
+
+    def _apply_encoded(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """Apply the pending writes locally, yielding each as a changelog record."""
+        data = self.local
+        dumps = orjson.dumps
+        for key, (partition, value) in self.pending.items():
+            if value is None:
+                data.pop(key, None)
+                yield partition, dumps(key), None
+            else:
+                data[key] = value
+                yield partition, dumps(key), value if type(value) is bytes else dumps(value)
 
 
 def _encode(value: Any) -> bytes | None:

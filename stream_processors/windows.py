@@ -364,32 +364,39 @@ class OrgFold:
 
     def apply(self, partition: int, message: OrgMessage) -> int:
         """Apply one org-delta message; -> the newest minute end it touched (ms), for the watermark."""
-        org = message["org"]
         raw_tags = message["tags"]
         # JSON object keys are strings in the changelog
         tags = [(1 << (i // 2), str(raw_tags[i]), raw_tags[i + 1]) for i in range(0, len(raw_tags), 2)]
-        newest = 0
+        by_sources: dict[int, list[tuple[str, int]]] = {}  # an entry's sources -> its (partition, offset) tags
+        prefix = f"o{SEP}{message['org']}{SEP}"
+        buckets = self.buckets
+        lookup = self.lookup
+        newest = -1
         for entry in message["entries"]:
             minute = entry[0]
-            key = f"o{SEP}{org}{SEP}{minute}"
-            hit = self.buckets.get(key)
+            key = prefix + str(minute)
+            hit = buckets.get(key)
             if hit is None:
-                stored = self.lookup.get(key)
+                stored = lookup.get(key)
                 if stored:
                     bucket = [*stored[:N_SUMS], dict(stored[N_SUMS])]
                 else:
-                    bucket = [0] * N_SUMS + [{}]
+                    bucket = [0, 0, 0, 0, 0, 0, 0, {}]
                     self.new.append((partition, key, minute))
-                self.buckets[key] = (partition, bucket)
+                buckets[key] = (partition, bucket)
             else:
                 bucket = hit[1]
-            end = (minute + 1) * MINUTE_MS - 1
-            if end > newest:
-                newest = end
-            applied = bucket[N_SUMS]
+            if minute > newest:
+                newest = minute
+            applied = bucket[7]
             sources = entry[8]
-            mine = [(part, offset) for bit, part, offset in tags if sources & bit]
-            seen = sum(1 for part, offset in mine if applied.get(part, -1) >= offset)
+            mine = by_sources.get(sources)
+            if mine is None:
+                mine = by_sources[sources] = [(part, offset) for bit, part, offset in tags if sources & bit]
+            seen = 0
+            for part, offset in mine:
+                if applied.get(part, -1) >= offset:
+                    seen += 1
             if seen:
                 if seen != len(mine):
                     self.conflicts += 1
@@ -403,7 +410,7 @@ class OrgFold:
             bucket[4] += entry[5]
             bucket[5] += entry[6]
             bucket[6] += entry[7]
-        return newest
+        return (newest + 1) * MINUTE_MS - 1 if newest >= 0 else 0
 
 
 class ExpiryIndex:
