@@ -137,19 +137,24 @@ def _minutes(values: list[int]) -> str:
     return f"{statistics.median(values) / 60_000:8.0f}" if values else "       -"
 
 
+def _slowest(values: list[int]) -> str:
+    return f"{max(values) / 60_000:.0f}" if values else "-"
+
+
 def format_report(r: Report) -> str:
     tp, bots, fp, fp_alerts = r.totals()
     human_days = r.humans * r.days * len(r.seeds)
     lines = [f"seeds {r.seeds}, {r.humans} humans x {r.days:g} days each, {r.events:,} events",
              f"{'archetype':18} {'users':>5} {'flagged':>7} {'rate':>6} {'tmx alerts':>10} "
-             f"{'spikes':>6} {'median min':>10}"]
+             f"{'spikes':>6} {'median min':>10} {'slowest min':>11}"]
     for group, names in (("bots", [k for k in BOTS if k in r.rows]),
                          ("humans", [k for k in r.rows if k not in BOTS])):
         lines.append(f"-- {group}")
         for name in names:
             row = r.rows[name]
             lines.append(f"{name:18} {row.users:5} {row.flagged:7} {row.flagged / row.users:6.0%} "
-                         f"{row.alerts:10} {row.spikes:6} {_minutes(row.latencies_ms):>10}")
+                         f"{row.alerts:10} {row.spikes:6} {_minutes(row.latencies_ms):>10} "
+                         f"{_slowest(row.latencies_ms):>11}")
     all_lat = [x for k, row in r.rows.items() if k in BOTS for x in row.latencies_ms]
     precision = tp / (tp + fp) if tp + fp else 1.0
     lines += [
