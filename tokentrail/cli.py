@@ -107,9 +107,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from stream_processors.detection import evaluate
 
-    argv = ["--seeds", args.seeds, "--humans", str(args.humans), "--days", str(args.days),
-            "--bots-per-archetype", str(args.bots_per_archetype)] + (["--pipeline"] if args.pipeline else [])
-    evaluate.main(argv)
+    evaluate.main(args.seeds, args.humans, args.days, args.bots_per_archetype, args.pipeline)
     return 0
 
 
@@ -117,6 +115,13 @@ def cmd_tokens(args: argparse.Namespace) -> int:
     from api.auth import cli as tokens_cli
 
     return tokens_cli.run(args, _settings(args))
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     ev = sub.add_parser("evaluate", help="score the bot detector on simulated scenarios")
-    ev.add_argument("--seeds", default="101,102,103")
-    ev.add_argument("--humans", type=int, default=250)
-    ev.add_argument("--days", type=float, default=7)
-    ev.add_argument("--bots-per-archetype", type=int, default=2)
+    ev.add_argument("--seeds", type=_seed_list, default="101,102,103",
+                    help="comma-separated scenario seeds (1-3 were used for tuning)")
+    ev.add_argument("--humans", type=int, default=250, help="humans per scenario")
+    ev.add_argument("--days", type=float, default=7, help="days of event time per scenario")
+    ev.add_argument("--bots-per-archetype", type=int, default=2, help="bots of each archetype per scenario")
     ev.add_argument("--pipeline", action="store_true",
                     help="through the real pipeline (a fresh `tokentrail up` per seed) instead of the detector "
                          "library alone")

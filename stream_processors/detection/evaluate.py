@@ -8,7 +8,6 @@ report on others.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -172,26 +171,19 @@ def format_report(r: Report) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", default="101,102,103")
-    parser.add_argument("--humans", type=int, default=250)
-    parser.add_argument("--days", type=float, default=7)
-    parser.add_argument("--bots-per-archetype", type=int, default=2)
-    parser.add_argument("--pipeline", action="store_true",
-                        help="through the real pipeline: a fresh `tokentrail up` per seed, events sent with the "
-                             "producer SDK, alerts read from the alerts topic and the API")
-    args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+def main(seeds: Sequence[int], humans: int, days: float, bots_per_archetype: int, pipeline: bool) -> None:
+    """`tokentrail evaluate` (its arguments are in tokentrail/cli.py): print the report."""
     progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    if args.pipeline:
+    if pipeline:
         from stream_processors.detection.evaluate_pipeline import evaluate_pipeline
 
-        report = evaluate_pipeline(seeds, args.humans, args.days, args.bots_per_archetype, progress)
+        report = evaluate_pipeline(seeds, humans, days, bots_per_archetype, progress)
     else:
-        report = evaluate(seeds, args.humans, args.days, args.bots_per_archetype, progress)
+        report = evaluate(seeds, humans, days, bots_per_archetype, progress)
     print(format_report(report))
 
 
 if __name__ == "__main__":
-    main()
+    from tokentrail.cli import main as cli
+
+    sys.exit(cli(["evaluate", *sys.argv[1:]]))
