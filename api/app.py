@@ -77,6 +77,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": f"temporarily unavailable: {exc}"}, status_code=503,
                             headers={"Retry-After": "5"})
 
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The contract promises never a 500. A bug still gets logged in full; the
+        # client gets a retryable answer that confirms nothing.
+        log.error("unexpected error answering a request", exc_info=exc)
+        return JSONResponse({"detail": "internal error (logged); nothing was confirmed, retry later"},
+                            status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
         # A query the store refused: log it in full, answer without internals.

@@ -38,7 +38,9 @@ def split_body(body: bytes, ndjson: bool, max_events: int) -> list[tuple[object,
     if not ndjson and stripped[:1] in (b"[", b"{"):
         try:
             doc = orjson.loads(stripped)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError as exc:
+            if stripped[:1] == b"[":  # a broken JSON array: NDJSON never starts with one
+                raise BodyError(f"body is not valid JSON: {exc}") from None
             doc = None  # maybe NDJSON sent without its content type
         if isinstance(doc, list):
             _check_count(len(doc), max_events)

@@ -14,6 +14,7 @@ events to the topic; those are validated and priced on the way in.
 
 from __future__ import annotations
 
+import json
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -28,6 +29,8 @@ from tokentrail.pricing import PriceTable, apply_cost
 FORMAT_HEADER: Final = ("tt-format", b"usage.v1.batch")
 MAX_EVENTS_PER_MESSAGE: Final = 1000
 MAX_BYTES_PER_MESSAGE: Final = 512 * 1024
+DEAD_LETTER_MAX_INPUT: Final = 256 * 1024  # bytes of an offending input kept in its dead letter
+MAX_REASON_CHARS: Final = 2000
 _WIRE_KEYS: Final = frozenset(("ts_ms", "cost_nanos", "cost_source"))
 
 
@@ -102,7 +105,31 @@ def decode_envelope(value: bytes | None, prices: PriceTable) -> tuple[list[dict[
 
 
 def dead_letter(raw: object, reason: str, stage: str) -> bytes:
-    """Dead-letter record: the offending input, the reason, where and when."""
+    """Dead-letter record: the offending input, the reason, where and when.
+
+    Whatever the input, the record is valid JSON of bounded size (the broker takes
+    4 MiB at most): an input whose JSON is over ``DEAD_LETTER_MAX_INPUT`` bytes is
+    kept as its first bytes (``input_head``, ``input_truncated``, ``input_bytes``),
+    one nested deeper than JSON encoders go as a note saying so.
+    """
     payload = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return orjson.dumps({"reason": reason, "stage": stage, "at_ms": int(time.time() * 1000), "input": payload},
-                        default=str)
+    head = {"reason": reason[:MAX_REASON_CHARS], "stage": stage, "at_ms": int(time.time() * 1000)}
+    text = _as_json(payload)
+    if text is None:
+        return orjson.dumps({**head, "input_truncated": True,
+                             "input_note": "nested deeper than a JSON encoder goes; not kept"})
+    if len(text) > DEAD_LETTER_MAX_INPUT:
+        return orjson.dumps({**head, "input_head": text[:DEAD_LETTER_MAX_INPUT].decode("utf-8", "ignore"),
+                             "input_truncated": True, "input_bytes": len(text)})
+    return orjson.dumps(head)[:-1] + b',"input":' + text + b"}"
+
+
+def _as_json(payload: object) -> bytes | None:
+    try:
+        return orjson.dumps(payload, default=str)
+    except (orjson.JSONEncodeError, TypeError):
+        pass  # orjson stops at 254 levels; the stdlib encoder goes to the recursion limit
+    try:
+        return json.dumps(payload, default=str, ensure_ascii=False).encode("utf-8", "replace")
+    except (RecursionError, ValueError, TypeError):
+        return None

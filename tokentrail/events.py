@@ -41,7 +41,7 @@ _REQUIRED_STRINGS: Final = (
 )
 _REQUIRED_INTS: Final = ("input_tokens", "output_tokens")
 _OPTIONAL_INTS: Final = ("cache_read_tokens", "cache_write_tokens")
-_OPTIONAL_STRINGS: Final = (("provider", 64), ("client", 128), ("session_id", 256))
+_OPTIONAL_STRINGS: Final = (("provider", 256), ("client", 256), ("session_id", 256))
 TOKEN_FIELDS: Final = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 ALLOWED_FIELDS: Final = frozenset(
@@ -55,7 +55,7 @@ _HEX = re.compile(r"[0-9a-fA-F]{1,128}")
 # mandatory offset. datetime.fromisoformat alone also accepts dates without a
 # time or offset, which the contract does not.
 _RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
 )
 
 
@@ -95,13 +95,18 @@ def parse_rfc3339_ms(value: object, field: str = "timestamp") -> int:
         raise EventError(field, "must be an RFC 3339 date-time with offset, e.g. 2026-11-23T09:15:02.120Z")
     text = value.replace("z", "Z").replace("t", "T")
     frac = re.search(r"\.(\d+)", text)
-    if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
-        text = text.replace(frac.group(0), "." + frac.group(1)[:6])
+    if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds; we keep ms
+        text = text.replace(frac.group(0), "." + frac.group(1)[:6], 1)
+    leap = text[17:19] == "60"  # RFC 3339 allows a leap second; datetime does not
+    if leap:
+        text = text[:17] + "59" + text[19:]
     try:
         delta = datetime.fromisoformat(text) - _EPOCH
     except (ValueError, OverflowError) as exc:  # e.g. year 0 or 10000 after the offset
         raise EventError(field, f"is not a valid date-time ({exc})") from None
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    # 23:59:60.5 is kept as the last millisecond of 23:59:59: it stays in its minute and day.
+    return ms + (999 - ms % 1000) if leap else ms
 
 
 def parse_timestamp_ms(value: object) -> int:

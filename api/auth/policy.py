@@ -45,7 +45,8 @@ POLICIES: Final[dict[tuple[str, str], Policy]] = {
     ("GET", "/readyz"): OPEN,
     ("GET", "/metrics"): OPEN,
     ("POST", "/v1/events"): Policy(roles=frozenset({Role.ADMIN, Role.INGEST})),
-    ("GET", "/v1/pipeline"): Policy(),
+    # Counts and lag only, no one's usage: the ingest clients that send may wait on it (CONTRACT §3).
+    ("GET", "/v1/pipeline"): Policy(roles=frozenset({Role.ADMIN, Role.INGEST})),
     ("GET", "/v1/usage"): Policy(roles=READERS, user_param="user_id", org_param="org_id",
                                   group_param="group_by", audit=Audit.PER_PERSON),
     ("GET", "/v1/leaderboard"): Policy(roles=READERS, org_param="org_id", audit=Audit.ALWAYS),

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.alerts_query import AlertsQuery, CursorError, build_sql, decode_cursor, iso_ms, to_page
 from api.deps import AccessDep, ContextDep
+from api.routers import USER_PATH
 from api.routers.usage import parse_time
 
 router = APIRouter(prefix="/v1", tags=["detection"])
@@ -74,7 +75,7 @@ async def get_alerts(
     return page
 
 
-@router.get("/users/{user_id}/risk", response_model=RiskOut, summary="A user's current bot score and reasons")
+@router.get(f"{USER_PATH}/risk", response_model=RiskOut, summary="A user's current bot score and reasons")
 async def get_risk(ctx: ContextDep, access: AccessDep, user_id: UserId) -> dict[str, Any]:
     rows = await run_in_threadpool(
         ctx.store.query, "SELECT bot_score, reasons, updated_at FROM user_risk FINAL WHERE user_id = {u:String}",

@@ -13,6 +13,7 @@ from api.auth import ranking
 from api.auth.privacy import pseudonym, pseudonym_key
 from api.context import ApiContext
 from api.deps import AccessDep, ContextDep
+from api.routers import USER_PATH
 from api.routers.usage import parse_time
 
 router = APIRouter(prefix="/v1", tags=["leaderboard"])
@@ -102,7 +103,7 @@ class DisplayName(BaseModel):
         return value
 
 
-@router.put("/users/{user_id}/display-name", summary="Opt in/out of a leaderboard display name")
+@router.put(f"{USER_PATH}/display-name", summary="Opt in/out of a leaderboard display name")
 async def put_display_name(ctx: ContextDep, user_id: UserId, body: DisplayName) -> dict[str, Any]:
     row = (user_id, (body.display_name or "").strip(), datetime.now(UTC))
     await run_in_threadpool(ctx.store.insert, "user_display_names", ("user_id", "display_name", "updated_at"), [row])

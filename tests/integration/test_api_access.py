@@ -116,7 +116,7 @@ EVENT = {"event_id": "x1", "timestamp": "2026-01-30T10:00:00Z", "user_id": "u", 
 # name -> (method, path, request kwargs, roles allowed)
 ENDPOINTS: dict[str, tuple[str, str, dict[str, Any], set[str]]] = {
     "post events": ("POST", "/v1/events", {"json": [EVENT]}, {"admin", "ingest"}),
-    "pipeline": ("GET", "/v1/pipeline", {}, {"admin"}),
+    "pipeline": ("GET", "/v1/pipeline", {}, {"admin", "ingest"}),
     "usage": ("GET", "/v1/usage", {"params": WINDOW}, {"admin", "viewer", "granted", "self"}),
     "usage by user": ("GET", "/v1/usage", {"params": {**WINDOW, "group_by": "user"}}, {"admin", "granted", "self"}),
     "usage of a user": ("GET", "/v1/usage", {"params": {**WINDOW, "user_id": "user-e2@acme"}}, {"admin", "granted"}),
@@ -426,3 +426,14 @@ def test_cli_tokens_direct_on_the_store(tmp_path: Path) -> None:
     token_id = json.loads(out.stdout)["token_id"]
     listed = subprocess.run([*cmd, "list"], capture_output=True, text=True, timeout=120, check=True)
     assert token_id in listed.stdout and "tt_" not in listed.stdout
+
+
+def test_user_ids_with_a_slash_reach_the_per_user_routes(client: TestClient, tokens: dict[str, str]) -> None:
+    """CONTRACT §1 allows any 1-256 characters in a user_id, '/' included."""
+    user = "contractors/jane"
+    risk = client.get(f"/v1/users/{quote(user, safe='')}/risk", headers=bearer(ROOT))
+    assert risk.status_code == 200 and risk.json()["user_id"] == user
+    assert client.get("/v1/users/contractors/jane/risk", headers=bearer(ROOT)).json()["user_id"] == user
+    named = client.put(f"/v1/users/{quote(user, safe='')}/display-name", json={"display_name": "Jane"},
+                       headers=bearer(ROOT))
+    assert named.status_code == 200, named.text

@@ -31,6 +31,14 @@ def test_offsets_are_normalised_to_utc() -> None:
     assert parse_timestamp_ms("2026-11-23T09:15:02.123456789Z") == 1795425302123
 
 
+def test_any_rfc3339_fraction_and_a_leap_second_are_accepted() -> None:
+    # RFC 3339 bounds neither the fraction's digits nor forbids second 60; event time keeps ms,
+    # and a leap second becomes the last millisecond of its minute (same minute, same day).
+    assert parse_timestamp_ms("2026-11-23T09:15:02.1234567891234Z") == 1795425302123
+    assert format_timestamp_ms(parse_timestamp_ms("2016-12-31T23:59:60Z")) == "2016-12-31T23:59:59.999Z"
+    assert format_timestamp_ms(parse_timestamp_ms("2016-12-31T23:59:60.5+00:00")) == "2016-12-31T23:59:59.999Z"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [

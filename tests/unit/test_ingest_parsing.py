@@ -36,3 +36,10 @@ def test_errors_by_index_keep_the_rest() -> None:
     assert [e["index"] for e in parsed.errors] == [1, 2]
     assert "not JSON" in parsed.errors[0]["error"] and "input_tokens" in parsed.errors[1]["error"]
     assert len(parsed.rejected_raw) == 2
+
+
+def test_a_broken_json_array_is_a_400_not_a_partial_accept() -> None:
+    pretty = b'[\n  {"event_id": "a"},\n  ' + orjson.dumps(EVENT)  # truncated: no closing bracket
+    with pytest.raises(BodyError, match="not valid JSON") as info:
+        split_body(pretty, ndjson=False, max_events=10)
+    assert not info.value.too_large

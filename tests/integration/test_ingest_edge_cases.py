@@ -1,0 +1,93 @@
+"""POST /v1/events with hostile bodies, against the real embedded broker: never a 500.
+
+Each case ends with the answer the contract promises (202 with the bad event
+reported by index, or 400 for a body that is not JSON/NDJSON) and, for rejected
+events, a dead letter on the broker that says why.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.context import ApiContext
+from tokentrail.envelope import DEAD_LETTER_MAX_INPUT
+from tokentrail.pricing import PriceTable
+from tokentrail.publish import Publisher
+from tokentrail.runtime.broker import EmbeddedBroker
+from tokentrail.runtime.topics import create_missing, pipeline_topics
+from tokentrail.settings import Settings
+from tokentrail.store import open_store
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"event_id": "ok-1", "timestamp": "2026-11-23T09:15:02Z", "user_id": "u", "org_id": "acme",
+        "model": "gpt-5", "input_tokens": 1, "output_tokens": 1}
+
+
+@pytest.fixture(scope="module")
+def setup(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Settings]]:
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}",
+                 partitions=2, produce_timeout_s=20)
+    create_missing(broker.bootstrap, pipeline_topics(s))
+    store = open_store(str(Path(tmp_path_factory.mktemp("ingest")) / "chdb"), None)
+    store.apply_migrations()
+    ctx = ApiContext(settings=s, bootstrap=broker.bootstrap, store=store, prices=PriceTable.load(None),
+                     publisher=Publisher(broker.bootstrap, s.usage_topic))
+    with TestClient(create_app(ctx), raise_server_exceptions=False) as client:
+        yield client, s
+    store.close()
+
+
+def dead_letters(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "fetch.message.max.bytes": 8 << 20})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    out, quiet = [], 0
+    while quiet < 6:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            quiet += 1
+        elif msg.error() is None:
+            quiet = 0
+            out.append(orjson.loads(msg.value() or b"null"))
+    consumer.close()
+    return out
+
+
+def test_hostile_bodies_get_the_promised_answers(setup: tuple[TestClient, Settings], broker: EmbeddedBroker) -> None:
+    client, s = setup
+    deep = "[" * 1000 + "]" * 1000  # parses (orjson reads 1024 levels); nested deeper than encoders write
+    meta = '{"a":' * 300 + "1" + "}" * 300
+    nested_meta = orjson.dumps({**GOOD, "event_id": "meta"}).decode()[:-1] + f', "metadata": {meta}}}'
+    body = "\n".join([deep, orjson.dumps(GOOD).decode(), nested_meta]).encode()
+    resp = client.post("/v1/events", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == 1 and [e["index"] for e in resp.json()["errors"]] == [0, 2]
+
+    huge = {**GOOD, "event_id": "x" * (4 << 20)}  # one invalid event of 4 MiB, inside the 5 MiB body
+    resp = client.post("/v1/events", content=orjson.dumps([huge, {**GOOD, "event_id": "ok-2"}]))
+    assert resp.status_code == 202, resp.text
+    assert resp.json()["accepted"] == 1 and resp.json()["errors"][0]["index"] == 0
+    assert "event_id" in resp.json()["errors"][0]["error"]
+
+    truncated = b'[\n  {"event_id": "a"},\n  ' + orjson.dumps({**GOOD, "event_id": "ok-3"})
+    resp = client.post("/v1/events", content=truncated)
+    assert resp.status_code == 400 and "not valid JSON" in resp.json()["detail"]
+
+    letters = dead_letters(broker.bootstrap, s.dead_letter_topic)
+    assert len(letters) == 3 and all(d["stage"] == "ingest" and d["reason"] for d in letters)
+    too_deep, meta, big = letters
+    assert too_deep["input_truncated"] and "nested" in too_deep["input_note"]
+    assert meta["input"]["event_id"] == "meta"  # the stdlib encoder keeps what orjson cannot
+    assert big["input_truncated"] and big["input_bytes"] > 4 << 20
+    assert len(big["input_head"]) <= DEAD_LETTER_MAX_INPUT
