@@ -26,7 +26,8 @@ def run(path: Path, bootstrap: str, settings: Settings) -> int:
     progress = Progress(f"replay {path.name}")
     invalid = 0
     dead_letters = Publisher(bootstrap, settings.dead_letter_topic)
-    with UsageProducer(bootstrap, settings.usage_topic, settings.partitions) as producer, path.open("rb") as f:
+    # Partitions as the topic has them (UsageProducer asks the broker), whatever the environment says.
+    with UsageProducer(bootstrap, settings.usage_topic) as producer, path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

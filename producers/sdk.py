@@ -14,14 +14,30 @@ counted and kept (up to ``keep_failed``) in ``failed`` for the caller.
 
 from __future__ import annotations
 
+import logging
 import threading
 from types import TracebackType
 from typing import Any
 
 from tokentrail.envelope import MAX_EVENTS_PER_MESSAGE, build_envelopes, encode_event
+from tokentrail.errors import BrokerUnavailable
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher, Ticket
+from tokentrail.runtime.topics import topic_partitions
 from tokentrail.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _partitions_of(bootstrap: str, topic: str) -> int | None:
+    """The topic's own partition count, not a setting that might differ from it: a user
+    must hash to the partition every other producer sends it to. A broker that is down
+    now does not stop the producer (it buffers); the setting stands in."""
+    try:
+        return topic_partitions(bootstrap, topic, timeout_s=5)
+    except BrokerUnavailable:
+        log.warning("broker %s unreachable: assuming TOKENTRAIL_PARTITIONS for %s", bootstrap, topic)
+        return None
 
 
 class UsageProducer:
@@ -32,7 +48,7 @@ class UsageProducer:
     ) -> None:
         settings = Settings()
         self.topic = topic or settings.usage_topic
-        self.partitions = partitions or settings.partitions
+        self.partitions = partitions or _partitions_of(bootstrap, self.topic) or settings.partitions
         self.batch_events = batch_events
         self.prices = prices or PriceTable.load(settings.prices_file)
         self._publisher = Publisher(bootstrap, self.topic, buffer_kbytes=buffer_mb * 1024)

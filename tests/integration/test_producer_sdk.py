@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from producers import replay
 from producers.sdk import UsageProducer
 from tokentrail.envelope import partition_for
-from tokentrail.errors import EventError
+from tokentrail.errors import EventError, TokenTrailError
 from tokentrail.runtime.broker import EmbeddedBroker
 from tokentrail.runtime.topics import create_missing, pipeline_topics
 from tokentrail.settings import Settings
@@ -84,3 +84,18 @@ def test_replay_sends_a_file_in_order_and_dead_letters_bad_lines(broker: Embedde
     assert all(v == sorted(v) for v in per_user.values())  # file order kept per user
     letters = [v for _, v in read_all(broker.bootstrap, s.dead_letter_topic, 1)]
     assert sorted(letter["reason"].split(":")[0] for letter in letters) == ["line 101", "line 301"]
+
+
+def test_producers_follow_the_topics_partitions_and_stages_refuse_another_count(broker: EmbeddedBroker) -> None:
+    """The hash that keeps a user on one partition depends on the count: a producer
+    configured with another one would scatter users (and their re-sends) across partitions."""
+    s = fresh(broker)  # 3 partitions
+    wrong = Settings(**{**s.model_dump(), "partitions": 5})
+    with UsageProducer(broker.bootstrap, wrong.usage_topic) as producer:
+        assert producer.partitions == 3
+        for i in range(200):
+            producer.send(event(i))
+    for partition, batch in read_all(broker.bootstrap, s.usage_topic, 3):
+        assert all(partition == partition_for(e["user_id"], 3) for e in batch)
+    with pytest.raises(TokenTrailError, match="has 3 partitions, but this stage expects 5"):
+        create_missing(broker.bootstrap, pipeline_topics(wrong))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tokentrail.errors import BrokerUnavailable
+from tokentrail.errors import BrokerUnavailable, TokenTrailError
 from tokentrail.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,20 @@ def create_missing(bootstrap: str, specs: list[TopicSpec], replication: int = 1,
     """Create the topics of ``specs`` that do not exist yet; returns the names created."""
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
+        topics = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
         raise BrokerUnavailable(f"cannot list topics on {bootstrap}: {exc}") from None
+    existing = set(topics)
+    for spec in specs:
+        have = topics.get(spec.name)
+        if have is not None and have.error is None and have.partitions and len(have.partitions) != spec.partitions:
+            # Users are hashed to partitions by count: with another count a user's events
+            # (and re-sends) would land on other partitions than before, and live windows,
+            # per-user order and dedup would break. Refuse to start instead.
+            raise TokenTrailError(
+                f"topic {spec.name} has {len(have.partitions)} partitions, but this stage expects "
+                f"{spec.partitions} (TOKENTRAIL_PARTITIONS); run every stage with "
+                f"TOKENTRAIL_PARTITIONS={len(have.partitions)}")
     wanted = [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=replication, config=s.config)
         for s in specs
@@ -67,3 +78,15 @@ def create_missing(bootstrap: str, specs: list[TopicSpec], replication: int = 1,
                 raise BrokerUnavailable(f"cannot create topic {name}: {exc}") from None
     log.info("created topics: %s", ", ".join(created))
     return created
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout_s: float = 10) -> int | None:
+    """How many partitions ``topic`` has; None when it does not exist (yet)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"cannot read topic {topic} on {bootstrap}: {exc}") from None
+    if meta is None or meta.error is not None or not meta.partitions:
+        return None
+    return len(meta.partitions)
