@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.pipeline import make_bodies, peak_rss_mib, plain_consumer_rate
+from bench.pipeline import make_bodies, peak_rss_mib, plain_consumer_rate, rss_mib
 from stream_processors.worker import processor_topics
 from tokentrail.envelope import build_envelopes, encode_event
 from tokentrail.pricing import PriceTable
@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--days", type=float, default=1.0, help="event-time span of the events")
     args = parser.parse_args(argv)
 
     settings = Settings(stats_interval_s=0.5)
-    bodies = make_bodies(args.events, args.users, 4, 5000)
+    bodies = make_bodies(args.events, args.users, 4, 5000, days=args.days)
     with tempfile.TemporaryDirectory(prefix="tt-bench-") as tmp, EmbeddedBroker(log_path=Path(tmp) / "b.log") as b:
         create_missing(b.bootstrap, processor_topics(settings))
         print(f"filling the usage topic with {args.events:,} events ...", file=sys.stderr)
@@ -102,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         latest: dict[bytes, dict[str, Any]] = {}
         span = None
         rss = 0.0
+        rss_at: dict[int, float] = {}  # millions processed -> worker RSS (MiB) then
         try:
             while time.perf_counter() - started < 1800:
                 read_stats(stats, latest)
                 span = timed_span(latest)
                 rss = max(rss, peak_rss_mib(worker.pid))
+                million = sum(r["processed"] for r in latest.values()) // 1_000_000
+                if million >= 1 and million not in rss_at:
+                    rss_at[million] = rss_mib(worker.pid)
                 if span is not None and span[0] >= n:
                     break
                 if worker.poll() is not None:
@@ -119,11 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     done, first_ms, last_ms = span
     seconds = (last_ms - first_ms) / 1000
     rate = done / max(seconds, 1e-9)
-    print(f"""processors benchmark: {n:,} events, {args.users:,} users, {settings.partitions} partitions
+    growth = ", ".join(f"{m}M {v:,.0f}" for m, v in sorted(rss_at.items())) or "-"
+    print(f"""processors benchmark: {n:,} events over {args.days:g} days of event time, {args.users:,} users, \
+{settings.partitions} partitions
   plain consumer (decode + sum)  {plain:>10,.0f} events/s  ({n / plain:.2f} s)
   processors (Faust, windows)    {rate:>10,.0f} events/s  ({seconds:.2f} s) -> {rate / plain:.1%} of the ceiling
   worker start -> first batch (group join, recovery, not counted): {first_ms / 1000 - started_wall:.1f} s
-  worker peak RSS {rss:,.0f} MiB""")
+  worker peak RSS {rss:,.0f} MiB; RSS after N million processed: {growth}""")
     return 0
 
 
