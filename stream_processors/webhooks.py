@@ -169,11 +169,13 @@ class WebhookDispatcher:
         self.bootstrap = bootstrap
         self.max_age_s = max_age_s  # on first start, older alerts still in the topic are not sent
         self.stats = WebhookStats()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the consumer loop
+        self._stop_targets = threading.Event()
         self._lock = threading.Lock()
         self._pending: dict[int, deque[Pending]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
-        self.targets = [Target(u, settings, self.stats, self._finish, self._stop) for u in settings.webhook_url_list()]
+        self.targets = [Target(u, settings, self.stats, self._finish, self._stop_targets)
+                        for u in settings.webhook_url_list()]
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
 
     def start(self) -> None:
@@ -182,10 +184,13 @@ class WebhookDispatcher:
         self._thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        # Targets first: what they finish is marked done before the consumer's last
+        # commit, so a delivery completed just now is not sent again after a restart.
+        self._stop_targets.set()
         for target in self.targets:
             target.join(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout_s)
 
     def _finish(self, item: Pending) -> None:
         with self._lock:

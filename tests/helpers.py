@@ -15,8 +15,16 @@ from tokentrail.errors import TokenTrailError
 from tokentrail.runtime.child import ChildStack, free_port
 from tokentrail.runtime.topics import create_missing, pipeline_topics
 from tokentrail.settings import Settings
+from tokentrail.store import Store, open_store
 
-__all__ = ["RunningStack", "free_port"]
+__all__ = ["RunningStack", "free_port", "new_store"]
+
+
+def new_store(directory: Path) -> Store:
+    """A fresh embedded store (chdb) in ``directory``, with every migration applied."""
+    store = open_store(str(directory / "chdb"), None)
+    store.apply_migrations()
+    return store
 
 
 class RunningStack(ChildStack):

@@ -10,11 +10,11 @@ import pytest
 
 from api.alerts_query import AlertsQuery, build_sql, to_page
 from stream_processors.alert_sink import AlertSink
-from tests.helpers import isolated_settings, run_until
+from tests.helpers import isolated_settings, new_store, run_until
 from tokentrail.alerts import alert_message, encode, risk_message
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.store import Store, open_store
+from tokentrail.store import Store
 
 pytestmark = pytest.mark.integration
 T0 = 1_795_392_000_000  # 2026-11-23T00:00:00Z
@@ -24,8 +24,7 @@ NOW = int(time.time() * 1000)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = open_store(str(tmp_path_factory.mktemp("alert-sink") / "chdb"), None)
-    s.apply_migrations()
+    s = new_store(tmp_path_factory.mktemp("alert-sink"))
     yield s
     s.close()
 

@@ -27,10 +27,11 @@ from api.app import create_app
 from api.auth.tokens import TokenRepo
 from api.context import ApiContext
 from stream_processors.sink import COLUMNS, to_row
+from tests.helpers import new_store
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.settings import Settings
-from tokentrail.store import Store, open_store
+from tokentrail.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +71,7 @@ def events() -> list[tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = open_store(str(tmp_path_factory.mktemp("access") / "chdb"), None)
-    s.apply_migrations()
+    s = new_store(tmp_path_factory.mktemp("access"))
     s.insert("usage_events", COLUMNS, events())
     s.insert("user_risk", ["user_id", "bot_score", "reasons", "updated_at"], [(BOT, 0.93, ["scripted"], TO)])
     yield s

@@ -12,10 +12,11 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.context import ApiContext
 from stream_processors.alert_sink import ALERT_COLUMNS, RISK_COLUMNS
+from tests.helpers import new_store
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.settings import Settings
-from tokentrail.store import Store, open_store
+from tokentrail.store import Store
 
 pytestmark = pytest.mark.integration
 ROOT = "root-token-for-alert-tests"
@@ -40,8 +41,7 @@ def row(alert_id: str, user: str, org: str, kind: str, minute: int, version: int
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = open_store(str(tmp_path_factory.mktemp("api-alerts") / "chdb"), None)
-    s.apply_migrations()
+    s = new_store(tmp_path_factory.mktemp("api-alerts"))
     s.insert("alerts", ALERT_COLUMNS, [row(a, *spec) for a, spec in ALERTS.items()])
     # a01 again: a replayed copy and a later version (separate inserts: separate parts, not merged yet)
     s.insert("alerts", ALERT_COLUMNS, [row("a01", "alice", "acme/eng", "tokenmaxxing", 1)])

@@ -30,10 +30,11 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from api.context import ApiContext
 from stream_processors.sink import COLUMNS, to_row
+from tests.helpers import new_store
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.settings import Settings
-from tokentrail.store import Store, open_store
+from tokentrail.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +55,7 @@ EXAMPLES = 30
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = open_store(str(tmp_path_factory.mktemp("schemathesis") / "chdb"), None)
-    s.apply_migrations()
+    s = new_store(tmp_path_factory.mktemp("schemathesis"))
     now = datetime.now(UTC)
     rows = [to_row({"event_id": f"e{i}", "ts_ms": int((now - timedelta(hours=i)).timestamp() * 1000),
                     "user_id": f"u{i % 7}", "org_id": f"acme/t{i % 3}", "model": f"m{i % 4}", "input_tokens": i,

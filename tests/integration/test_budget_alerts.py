@@ -11,13 +11,13 @@ from stream_processors.alert_sink import AlertSink
 from stream_processors.budgets.config import Budget
 from stream_processors.budgets.watcher import BudgetWatcher
 from stream_processors.sink import store_batch
-from tests.helpers import isolated_settings, run_until
+from tests.helpers import isolated_settings, new_store, run_until
 from tokentrail.envelope import encode_event
 from tokentrail.events import format_timestamp_ms
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.store import Store, open_store
+from tokentrail.store import Store
 
 pytestmark = pytest.mark.integration
 UTC = dt.UTC
@@ -28,8 +28,7 @@ NOW_MS = int(dt.datetime(2026, 11, 29, tzinfo=UTC).timestamp() * 1000)
 
 @pytest.fixture()
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = open_store(str(tmp_path_factory.mktemp("budgets") / "chdb"), None)
-    s.apply_migrations()
+    s = new_store(tmp_path_factory.mktemp("budgets"))
     yield s
     s.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,13 +18,12 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.context import ApiContext
+from tests.helpers import isolated_settings, new_store
 from tokentrail.envelope import DEAD_LETTER_MAX_INPUT
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.runtime.topics import create_missing, pipeline_topics
 from tokentrail.settings import Settings
-from tokentrail.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +33,8 @@ GOOD = {"event_id": "ok-1", "timestamp": "2026-11-23T09:15:02Z", "user_id": "u",
 
 @pytest.fixture(scope="module")
 def setup(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Settings]]:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}",
-                 partitions=2, produce_timeout_s=20)
-    create_missing(broker.bootstrap, pipeline_topics(s))
-    store = open_store(str(Path(tmp_path_factory.mktemp("ingest")) / "chdb"), None)
-    store.apply_migrations()
+    s = isolated_settings(broker.bootstrap, partitions=2, produce_timeout_s=20)
+    store = new_store(tmp_path_factory.mktemp("ingest"))
     ctx = ApiContext(settings=s, bootstrap=broker.bootstrap, store=store, prices=PriceTable.load(None),
                      publisher=Publisher(broker.bootstrap, s.usage_topic))
     with TestClient(create_app(ctx), raise_server_exceptions=False) as client:

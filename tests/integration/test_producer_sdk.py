@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from producers import replay
 from producers.sdk import UsageProducer
+from tests.helpers import isolated_settings
 from tokentrail.envelope import partition_for
 from tokentrail.errors import EventError, TokenTrailError
 from tokentrail.runtime.broker import EmbeddedBroker
@@ -22,10 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def fresh(broker: EmbeddedBroker) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = Settings(usage_topic=f"usage-{tag}", dead_letter_topic=f"dlq-{tag}", stats_topic=f"stats-{tag}", partitions=3)
-    create_missing(broker.bootstrap, pipeline_topics(s))
-    return s
+    return isolated_settings(broker.bootstrap, partitions=3)
 
 
 def event(i: int) -> dict[str, Any]:
@@ -90,7 +88,7 @@ def test_producers_follow_the_topics_partitions_and_stages_refuse_another_count(
     """The hash that keeps a user on one partition depends on the count: a producer
     configured with another one would scatter users (and their re-sends) across partitions."""
     s = fresh(broker)  # 3 partitions
-    wrong = Settings(**{**s.model_dump(), "partitions": 5})
+    wrong = s.model_copy(update={"partitions": 5})
     with UsageProducer(broker.bootstrap, wrong.usage_topic) as producer:
         assert producer.partitions == 3
         for i in range(200):

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from stream_processors.sink import HistorySink, store_batch
-from tests.helpers import isolated_settings, run_until
+from tests.helpers import isolated_settings, new_store, run_until
 from tokentrail.envelope import build_envelopes, encode_event
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
 from tokentrail.runtime.broker import EmbeddedBroker
-from tokentrail.store import Store, StoreError, open_store
+from tokentrail.store import Store, StoreError
 
 pytestmark = pytest.mark.integration
 PRICES = PriceTable.load()
@@ -22,8 +22,7 @@ PRICES = PriceTable.load()
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    s = open_store(str(tmp_path_factory.mktemp("sink") / "chdb"), None)
-    s.apply_migrations()
+    s = new_store(tmp_path_factory.mktemp("sink"))
     yield s
     s.close()
 
