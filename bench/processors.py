@@ -78,6 +78,15 @@ def timed_span(latest: dict[bytes, dict[str, Any]]) -> tuple[int, int, int] | No
     return done, min(r["batch_started_ms"] for r in timed), max(r["batch_ended_ms"] for r in timed)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used by a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -102,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         stats.assign([TopicPartition(settings.stats_topic, 0, 0)])
         latest: dict[bytes, dict[str, Any]] = {}
         span = None
+        cpu_s = float("nan")
         rss = 0.0
         rss_at: dict[int, float] = {}  # millions processed -> worker RSS (MiB) then
         try:
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 if worker.poll() is not None:
                     raise SystemExit(f"worker exited with {worker.returncode}; see {tmp}/w.log")
+                cpu_s = cpu_seconds(worker.pid)
         finally:
             worker.terminate()
             worker.wait(60)
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 {settings.partitions} partitions
   plain consumer (decode + sum)  {plain:>10,.0f} events/s  ({n / plain:.2f} s)
   processors (Faust, windows)    {rate:>10,.0f} events/s  ({seconds:.2f} s) -> {rate / plain:.1%} of the ceiling
+  worker CPU time from its start to the last batch (start-up included): {cpu_s:.1f} s
   worker start -> first batch (group join, recovery, not counted): {first_ms / 1000 - started_wall:.1f} s
   worker peak RSS {rss:,.0f} MiB; RSS after N million processed: {growth}""")
     return 0
