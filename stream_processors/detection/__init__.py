@@ -55,8 +55,18 @@ class Detector:
         self.partitions = partitions
         self.peers: dict[int, PartitionPeers] = {}
         self.contributed: tuple[str, float] | None = None  # (org, tokens) the last observe added to peers
+        self.scored: tuple[float, list[str]] | None = None  # (score, reasons) if the last observe scored
         self.now = 0  # highest event time seen
+        # Per partition: what idleness is judged against. A process's overall highest
+        # event time depends on which partitions it holds and when it restarted; a
+        # partition's own does not.
+        self.part_now: dict[int, int] = {}
         self._seen = 0
+
+    def advance(self, partition: int, ts: int) -> None:
+        """The partition's event time: its highest event time so far."""
+        if ts > self.part_now.get(partition, 0):
+            self.part_now[partition] = ts
 
     def peers_of(self, partition: int) -> PartitionPeers:
         peers = self.peers.get(partition)
@@ -72,7 +82,9 @@ class Detector:
         ts: int = event["ts_ms"]
         user_id: str = event["user_id"]
         user = self.users.get(user_id)
-        if user is None:
+        if user is None or ts - user.features.last_ts > self.idle_ms:
+            # New, or back after the idle horizon: starts afresh, decided by the user's own
+            # events alone, so eviction, pruning and restarts cannot change what it becomes.
             user = self.users[user_id] = _User(event["org_id"], partition_for(user_id, self.partitions))
         uncached = event["input_tokens"] + event.get("cache_write_tokens", 0)
         cache_read = event.get("cache_read_tokens", 0)
@@ -81,13 +93,14 @@ class Detector:
         f.update(ts, tokens, uncached, cache_read,
                  event.get("session_id") or "", event.get("prompt_hash") or "",
                  event.get("client") or "", event["model"])
-        self.contributed = None
+        self.contributed = self.scored = None
         if f.closed_tokens:  # a day of this user ended: one user-day for its org's peers
             self.contribute(user.partition, user.org_id, f.closed_tokens)
             f.closed_tokens = 0.0
         user.org_id = event["org_id"]
         if ts > self.now:
             self.now = ts
+        self.advance(user.partition, ts)
         self._seen += 1
         if self._seen % self.evict_every == 0:
             self.evict()
@@ -99,6 +112,7 @@ class Detector:
         if user.since_score >= SCORE_EVERY or f.last_ts - user.scored_ts >= SCORE_EVERY_MS:
             user.since_score, user.scored_ts = 0, f.last_ts
             value, reasons = score(f, peers=self.peer_reference(user))
+            self.scored = (value, reasons)
             if value >= alerts.THRESHOLD and user.cooldown.ready(TOKENMAXXING, f.last_ts):
                 user.cooldown.fire(TOKENMAXXING, f.last_ts)
                 window = (max(f.first_ts, f.last_ts - DAY_MS), f.last_ts)
@@ -124,9 +138,11 @@ class Detector:
         return score(user.features, peers=self.peer_reference(user)) if user else (0.0, [])
 
     def evict(self) -> int:
-        """Forget users idle for longer than ``idle_days`` of event time."""
-        cutoff = self.now - self.idle_ms
-        stale = [uid for uid, u in self.users.items() if u.features.last_ts < cutoff]
+        """Forget users idle for longer than ``idle_days`` of their partition's event time
+        (memory only: such a user would start afresh on its next event anyway)."""
+        part_now = self.part_now
+        stale = [uid for uid, u in self.users.items()
+                 if u.features.last_ts < part_now.get(u.partition, 0) - self.idle_ms]
         for uid in stale:
             del self.users[uid]
         return len(stale)

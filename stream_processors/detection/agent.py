@@ -88,6 +88,7 @@ class Batch:
     """What one batch of envelopes produced."""
 
     touched: dict[str, int] = field(default_factory=dict)  # user -> source partition
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> last offset of the batch
     alerts: list[Alert] = field(default_factory=list)
     risk: list[RiskUpdate] = field(default_factory=list)
 
@@ -96,6 +97,7 @@ def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], even
          prices: PriceTable, batch: Batch, part: int) -> None:
     """Feed one partition's envelopes (in offset order) to the stage."""
     applied = prog["offset"]
+    delete_pruned(stage, states, prog, part)  # listed by a record whose deletions a crash cut short
     stage.sync_peers(part, applied, prog.get("peers"))
     for message in events:
         offset = message.message.offset
@@ -110,7 +112,9 @@ def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], even
                 prog["fed"] += lost.fed
                 prog["duplicates"] += lost.duplicates
                 prog["alerts"] += lost.alerts
+                prog["risk_updates"] += lost.risk_updates
                 batch.touched[user_id] = part
+            stage.detector.advance(part, event["ts_ms"])  # every event, fed again or not
             if stage.applied(user_id, offset):
                 # The user's state has this envelope: its progress was lost in a crash. A day
                 # it closed here goes to the peers again, at this very place (see stage.py).
@@ -128,22 +132,21 @@ def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], even
         stage.done(fed_here, offset)
         prog["invalid"] += len(bad)
         prog["offset"] = offset
+    batch.ends[part] = prog["offset"]
 
 
 def finish(stage: DetectorStage, states: BufferedTable, batch: Batch) -> None:
-    """Risk updates of the touched users, and their state written once each."""
+    """The batch's risk updates, and each touched user's state written once."""
     # An alert raised again within the batch (same id: its window grew) goes out in every
     # version, as it would live: a fast replay's batch spans hours of event time, and
     # keeping only the last version would lose when the alert was first raised.
     alerted: dict[str, int] = {}
     for a in batch.alerts:
         alerted[a.user_id] = alerted.get(a.user_id, 0) + 1
+    batch.risk = stage.take_risk_updates()
     for user_id, part in batch.touched.items():
         stage.count_alerts(user_id, alerted.get(user_id, 0))
-        update = stage.risk_update(user_id, user_id in alerted)
-        if update is not None:
-            batch.risk.append(update)
-        value = stage.state(user_id)
+        value = stage.state(user_id, batch.ends[part])
         if value is None:
             states.delete(part, user_id)
         else:
@@ -159,16 +162,33 @@ def settle(stage: DetectorStage, batch: Batch, part: int, prog: dict[str, Any]) 
 
 
 def prune(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], part: int, partitions: int) -> None:
-    """Once per day of event time: delete the partition's users idle past the horizon."""
-    day = stage.detector.now // DAY_MS
+    """Once per day of the partition's event time: pick its users idle past the horizon.
+
+    They are counted and listed in the progress record (``prune_pending``), and deleted
+    from the table only once that record is durable (``delete_pruned``): a crash in
+    between leaves the list, and the next batch of the partition deletes them again.
+    Counting them with the deletions instead would lose the count in such a crash.
+    """
+    now = stage.detector.part_now.get(part, 0)
+    day = now // DAY_MS
     if day <= prog["pruned_day"]:
         return
     prog["pruned_day"] = day
     mine = {user_id: value for user_id, value in states.local.items()
             if partition_for(user_id, partitions) == part and user_id not in states.pending}
-    for user_id in stage.idle(mine, stage.detector.now):
+    stale = stage.idle(mine, now)
+    prog["pruned"] += len(stale)
+    prog["prune_pending"] = stale
+
+
+def delete_pruned(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], part: int) -> int:
+    """Delete the users a durable progress record lists as pruned (tombstones, so the
+    compacted changelog forgets them too); clears the list."""
+    pending = prog.pop("prune_pending", None) or []
+    for user_id in pending:
+        stage.forget(user_id)
         states.delete(part, user_id)
-        prog["pruned"] += 1
+    return len(pending)
 
 
 def alert_value(alert: Alert, detected_ms: int) -> bytes:
@@ -206,6 +226,9 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable, bootstrap: 
                 progress.set(part, f"usage/{part}", settle(stage, batch, part, prog))
             progress.flush()
             await asyncio.to_thread(writer.flush)  # ... before the progress that says they are
+            if sum(delete_pruned(stage, states, prog, part) for part, prog in progs.items()):
+                states.flush()
+                await asyncio.to_thread(writer.flush)
 
     register_stats(d.app, settings, _Counters(d.progress), "detector")
 

@@ -38,17 +38,17 @@ from typing import Any
 from stream_processors.detection import Alert, Detector, PartitionPeers
 from stream_processors.detection.alerts import THRESHOLD
 
-RISK_EVERY = 16  # events of a user between risk checks ...
-RISK_EVERY_MS = 5 * 60_000  # ... or this much of its event time
 _VERSION = 3
-# version, id hashes kept, ring position, events fed, published score, last event time,
-# event time of the last risk check, events since it, offset of the last envelope
-# applied, and that batch's fed / duplicates / alerts of this user
+# Version 2: version, id hashes kept, ring position, events fed, published score, last
+# event time, event time of the last risk check, events since it, offset of the last
+# envelope applied, and that batch's fed / duplicates / alerts of this user.
 _HEAD_V2 = struct.Struct("<BHHqdqqiqiii")
-# ... and (version 3) the partition's progress offset when that batch began, and how
-# many peer contributions the batch made (stored after the ids)
-_HEAD = struct.Struct("<BHHqdqqiqiiiqH")
-LEGACY = -(1 << 62)  # a version-2 state: no batch start, owed counts go by its offset alone
+# Version 3: the same up to the last event time (fed and it stay where they were); then
+# the offset of the last envelope applied, that batch's fed / duplicates / alerts / risk
+# updates of this user, the progress offset that covers those counts (the end of that
+# batch in the partition), and how many peer contributions it made (stored after the ids).
+_HEAD = struct.Struct("<BHHqdqqiiiiqH")
+LEGACY = -(1 << 62)  # a version-2 state: no coverage offset, owed counts go by its offset alone
 _CONTRIB = struct.Struct("<qidH")  # envelope offset, index in it, tokens, org id length (then the id)
 
 
@@ -73,16 +73,15 @@ class UserMeta:
         "batch_alerts",
         "batch_dups",
         "batch_fed",
-        "batch_start",
+        "batch_risk",
         "contribs",
+        "covered_at",
         "fed",
         "ids",
         "last_ts",
         "offset",
         "pos",
         "published",
-        "risk_n",
-        "risk_ts",
     )
 
     def __init__(self) -> None:
@@ -91,12 +90,13 @@ class UserMeta:
         self.fed = 0
         self.published = 0.0
         self.last_ts = 0
-        self.risk_ts = 0
-        self.risk_n = 0
         self.offset = -1
         self.batch_fed = self.batch_dups = self.batch_alerts = 0
         self.contribs: list[Contribution] = []
-        self.batch_start = -1  # progress offset of the partition when the batch_* counts began
+        self.batch_risk = 0
+        # The progress offset whose record counts the batch_* counts: the end, in the
+        # partition, of the batch that last wrote this state. Below it they are owed.
+        self.covered_at = -1
 
     def remember(self, h: int, capacity: int) -> bool:
         """Record an id hash; False when it is among the recent ones (a re-send)."""
@@ -125,6 +125,7 @@ class Recount:
     fed: int = 0
     duplicates: int = 0
     alerts: int = 0
+    risk_updates: int = 0
 
 
 NOTHING = Recount()
@@ -148,6 +149,7 @@ class DetectorStage:
         self.recent_ids = recent_ids
         self.min_change = min_change
         self.meta: dict[str, UserMeta] = {}
+        self.risk_updates: list[RiskUpdate] = []
         self.peers_at: dict[int, int] = {}  # partition -> offset its in-memory peer figures are as of
         self.owed: dict[int, dict[tuple[int, int], Contribution]] = {}  # partition -> (offset, index) -> owed
 
@@ -189,10 +191,9 @@ class DetectorStage:
         meta = self.meta.get(user_id)
         if meta is None:
             return NOTHING
-        # The batch_* counts are owed when no progress record was written after the batch
-        # that made them began: the partition's progress is still where it was then.
-        owed = meta.offset > applied if meta.batch_start == LEGACY else meta.batch_start == applied
-        meta.batch_start = applied
+        # The batch_* counts are owed while the progress record that covers them is missing:
+        # the partition's progress stops short of the end of the batch that counted them.
+        owed = meta.offset > applied if meta.covered_at == LEGACY else meta.covered_at > applied
         # The partition's peer figures hold exactly the contributions at or below its
         # progress offset; the user's later ones are owed until a progress record covers them.
         meta.contribs = [c for c in meta.contribs if c.offset > applied]
@@ -201,8 +202,8 @@ class DetectorStage:
         if owed:
             # Kept, and added to by this batch: a second crash before this batch's progress
             # is written must hand them back again.
-            return Recount(meta.batch_fed, meta.batch_dups, meta.batch_alerts)
-        meta.batch_fed = meta.batch_dups = meta.batch_alerts = 0
+            return Recount(meta.batch_fed, meta.batch_dups, meta.batch_alerts, meta.batch_risk)
+        meta.batch_fed = meta.batch_dups = meta.batch_alerts = meta.batch_risk = 0
         return NOTHING
 
     def owed_contribution(self, partition: int, offset: int, index: int) -> Contribution | None:
@@ -228,27 +229,28 @@ class DetectorStage:
         if meta is not None:
             meta.batch_alerts += n
 
+
     def load(self, user_id: str, value: bytes) -> None:
         version = value[0]
         if version == _VERSION:
             head = _HEAD.unpack_from(value, 0)
-            start, batch_start, n_contribs = _HEAD.size, head[12], head[13]
+            (_, n, pos, fed, published, last_ts, offset, batch_fed, batch_dups, batch_alerts, batch_risk,
+             covered_at, n_contribs) = head
+            start = _HEAD.size
         elif version == 2:  # written before peer figures existed: no contributions
             head = _HEAD_V2.unpack_from(value, 0)
-            start, batch_start, n_contribs = _HEAD_V2.size, LEGACY, 0
+            (_, n, pos, fed, published, last_ts, _, _, offset, batch_fed, batch_dups, batch_alerts) = head
+            start, batch_risk, covered_at, n_contribs = _HEAD_V2.size, 0, LEGACY, 0
         else:
             self.forget(user_id)  # unknown layout
             return
-        (_, n, pos, fed, published, last_ts, risk_ts, risk_n, offset, batch_fed, batch_dups, batch_alerts) = head[:12]
-        if last_ts < self.detector.now - self.detector.idle_ms:
-            self.forget(user_id)  # idle long enough that the Detector would forget it
-            return
+        # No idle check here: a user back after the idle horizon starts afresh on its own
+        # next event (Detector.observe), whenever and wherever its state was loaded.
         meta = UserMeta()
         meta.ids = array("I", value[start:start + 4 * n])
         meta.pos, meta.fed, meta.published, meta.last_ts = pos, fed, published, last_ts
-        meta.risk_ts, meta.risk_n = risk_ts, risk_n
         meta.offset, meta.batch_fed, meta.batch_dups, meta.batch_alerts = offset, batch_fed, batch_dups, batch_alerts
-        meta.batch_start = batch_start
+        meta.batch_risk, meta.covered_at = batch_risk, covered_at
         at = start + 4 * n
         for _ in range(n_contribs):
             c_offset, index, tokens, org_len = _CONTRIB.unpack_from(value, at)
@@ -274,39 +276,43 @@ class DetectorStage:
             return None
         meta.fed += 1
         meta.batch_fed += 1
-        meta.risk_n += 1
         meta.last_ts = max(meta.last_ts, event["ts_ms"])
         found = self.detector.observe(event)
         if self.detector.contributed is not None:
             org_id, tokens = self.detector.contributed
             meta.contribs.append(Contribution(offset, index, org_id, tokens))
+        if self.detector.scored is not None:
+            self._risk_update(user_id, meta, *self.detector.scored)
         return found
 
-    def risk_update(self, user_id: str, alerted: bool = False) -> RiskUpdate | None:
-        """A new bot score to publish when it moved by ``min_change`` or crossed the threshold."""
-        meta = self.meta.get(user_id)
-        if meta is None or user_id not in self.detector.users:
-            return None
-        if not alerted and meta.risk_n < RISK_EVERY and meta.last_ts - meta.risk_ts < RISK_EVERY_MS:
-            return None
-        meta.risk_n, meta.risk_ts = 0, meta.last_ts
-        value, reasons = self.detector.risk(user_id)
+    def _risk_update(self, user_id: str, meta: UserMeta, value: float, reasons: list[str]) -> None:
+        """At each of the Detector's scorings (every 16 events or 5 minutes of the user's
+        event time): a risk update when the score moved by ``min_change`` or crossed the
+        threshold. Decided per event, so batch sizes and replays change nothing."""
         crossed = (value >= THRESHOLD) != (meta.published >= THRESHOLD)
         if not crossed and abs(value - meta.published) < self.min_change:
-            return None
+            return
         meta.published = value
-        return RiskUpdate(user_id, round(value, 4), reasons, meta.last_ts)
+        meta.batch_risk += 1
+        self.risk_updates.append(RiskUpdate(user_id, round(value, 4), reasons, meta.last_ts))
 
-    def state(self, user_id: str) -> bytes | None:
-        """The table value of ``user_id``; None when the Detector has forgotten it."""
+    def take_risk_updates(self) -> list[RiskUpdate]:
+        """The risk updates made since the last call, in the order they were made."""
+        updates, self.risk_updates = self.risk_updates, []
+        return updates
+
+    def state(self, user_id: str, covered_at: int) -> bytes | None:
+        """The table value of ``user_id`` at the end of a batch whose progress record will
+        be at offset ``covered_at``; None when the Detector has forgotten the user."""
         meta = self.meta.get(user_id)
         if meta is None or user_id not in self.detector.users:
             self.meta.pop(user_id, None)
             return None
+        meta.covered_at = covered_at
         contribs = meta.contribs  # at most one per user and day of event time in the batch
         head = _HEAD.pack(_VERSION, len(meta.ids), meta.pos, meta.fed, meta.published, meta.last_ts,
-                          meta.risk_ts, meta.risk_n, meta.offset, meta.batch_fed, meta.batch_dups,
-                          meta.batch_alerts, meta.batch_start, len(contribs))
+                          meta.offset, meta.batch_fed, meta.batch_dups, meta.batch_alerts, meta.batch_risk,
+                          meta.covered_at, len(contribs))
         tail = b"".join(_CONTRIB.pack(c.offset, c.index, c.tokens, len(org := c.org_id.encode())) + org
                         for c in contribs)
         return head + meta.ids.tobytes() + tail + self.detector.state_bytes(user_id)

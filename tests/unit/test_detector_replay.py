@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream_processors.detection.agent import NEW_PROGRESS, Batch, feed, finish, prune, settle
+from stream_processors.detection.agent import NEW_PROGRESS, Batch, delete_pruned, feed, finish, prune, settle
 from stream_processors.detection.stage import DetectorStage
 from stream_processors.table_writes import BufferedTable
 from tokentrail.envelope import encode_event
@@ -184,12 +184,24 @@ def test_users_idle_past_the_horizon_are_deleted_from_the_table() -> None:
     run_batch(stage, table, prog, envelopes(5))
     table.flush()
     assert set(table.local) == {"user-0", "user-1", "user-2"}
-    stage.detector.now += stage.detector.idle_ms + 86_400_000  # another user's events, weeks later
+    stage.detector.part_now[0] += stage.detector.idle_ms + 86_400_000  # another user's events, weeks later
     prune(stage, table, prog, 0, partitions=1)
+    assert prog["pruned"] == 3 and sorted(prog["prune_pending"]) == ["user-0", "user-1", "user-2"]
+    durable = dict(prog)  # the progress record that counts them is written first ...
+    assert delete_pruned(stage, table, prog, 0) == 3  # ... then they are deleted
     table.flush()
-    assert table.local == {} and stage.meta == {} and prog["pruned"] == 3
+    assert table.local == {} and stage.meta == {} and "prune_pending" not in prog
     prune(stage, table, prog, 0, partitions=1)  # once per day of event time
     assert prog["pruned"] == 3
+
+    # A crash after that record but before the deletions: the next batch deletes them.
+    stage, table, prog = DetectorStage(), BufferedTable(Table()), dict(NEW_PROGRESS)
+    run_batch(stage, table, prog, envelopes(5))
+    table.flush()
+    restarted, prog = DetectorStage(), {**durable, "offset": prog["offset"]}
+    run_batch(restarted, table, prog, [])
+    table.flush()
+    assert table.local == {} and prog["pruned"] == 3
 
 
 def test_batch_size_does_not_change_the_alerts_published() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stream_processors.detection import Detector
-from stream_processors.detection.stage import RISK_EVERY, DetectorStage, stored_fed
+from stream_processors.detection.stage import DetectorStage, stored_fed
 
 T0 = 1_794_787_200_000
 
@@ -32,7 +32,7 @@ def test_state_hand_off_continues_exactly() -> None:
     expected = [a for e in events for a in whole.observe(e) or []]
     first, second = DetectorStage(), DetectorStage()
     got = [a for e in events[:1000] for a in first.observe(e) or []]
-    value = first.state("u1")
+    value = first.state("u1", 0)
     assert value is not None and stored_fed(value) == 1000
     second.sync("u1", value)
     assert second.observe(events[999]) is None  # the re-send window came along
@@ -44,7 +44,7 @@ def test_sync_keeps_memory_when_it_is_the_stored_state_and_follows_the_table_oth
     stage = DetectorStage()
     for i in range(5):
         stage.observe(_event(i))
-    value = stage.state("u1")
+    value = stage.state("u1", 0)
     assert value is not None
     features = stage.detector.users["u1"].features
     stage.sync("u1", value)
@@ -58,17 +58,27 @@ def test_sync_keeps_memory_when_it_is_the_stored_state_and_follows_the_table_oth
 
 def test_risk_updates_only_when_the_score_moves() -> None:
     stage = DetectorStage(min_change=0.05)
-    updates = []
     for i in range(3 * 360):  # 3 h of clockwork: the score climbs past 0.5
         stage.observe(_event(i))
-        update = stage.risk_update("u1")
-        if update is not None:
-            updates.append(update)
+    updates = stage.take_risk_updates()
     assert updates, "a scripted loop must get a risk update"
-    assert len(updates) < 3 * 360 // RISK_EVERY  # not per check, let alone per event
+    assert len(updates) < 3 * 360 // 16  # not per scoring (every 16 events), let alone per event
     assert updates[-1].bot_score >= 0.5 and updates[-1].reasons
     assert all(u.updated_ms <= T0 + 3 * 360 * 10_000 for u in updates)
-    assert stage.risk_update("u1", alerted=True) is None  # unchanged score: nothing to publish
+    assert stage.take_risk_updates() == []  # taken once
+
+
+def test_risk_updates_do_not_depend_on_when_they_are_taken() -> None:
+    """Decided at the detector's own scorings, per event: a replay in other batch sizes
+    publishes the same updates."""
+    whole, piecewise = DetectorStage(), DetectorStage()
+    taken = []
+    for i in range(3 * 360):
+        whole.observe(_event(i))
+        piecewise.observe(_event(i))
+        if i % 97 == 0:
+            taken += piecewise.take_risk_updates()
+    assert whole.take_risk_updates() == taken + piecewise.take_risk_updates()
 
 
 def test_forgotten_users_have_no_state() -> None:
@@ -76,4 +86,4 @@ def test_forgotten_users_have_no_state() -> None:
     stage.observe(_event(0, user="old"))
     stage.observe(_event(0, user="new", period_ms=0) | {"ts_ms": T0 + 3 * 86_400_000})
     assert stage.detector.evict() == 1
-    assert stage.state("old") is None and stage.state("new") is not None
+    assert stage.state("old", 0) is None and stage.state("new", 0) is not None
