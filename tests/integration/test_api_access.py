@@ -81,7 +81,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 def make_ctx(store: Store, **settings: Any) -> ApiContext:
     s = Settings(**{"admin_token": ROOT, "produce_timeout_s": 0.2, "pseudonym_secret": "p", **settings})
     return ApiContext(settings=s, bootstrap="127.0.0.1:9", store=store, prices=PriceTable.load(None),
-                      publisher=Publisher("127.0.0.1:9", s.usage_topic))
+                      publisher=Publisher("127.0.0.1:9", s.usage_topic, log_level=0))  # no broker: quiet
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 def client(store: Store) -> Iterator[TestClient]:
     settings = Settings(admin_token=ROOT)
     ctx = ApiContext(settings=settings, bootstrap="127.0.0.1:9", store=store, prices=PriceTable.load(None),
-                     publisher=Publisher("127.0.0.1:9", settings.usage_topic))
+                     publisher=Publisher("127.0.0.1:9", settings.usage_topic, log_level=0))  # no broker: quiet
     with TestClient(create_app(ctx)) as c:
         yield c
 

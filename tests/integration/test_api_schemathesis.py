@@ -70,7 +70,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 def app(store: Store) -> FastAPI:
     s = Settings(admin_token=ROOT, produce_timeout_s=0.05)
     ctx = ApiContext(settings=s, bootstrap="127.0.0.1:9", store=store, prices=PriceTable.load(None),
-                     publisher=Publisher("127.0.0.1:9", s.usage_topic))
+                     publisher=Publisher("127.0.0.1:9", s.usage_topic, log_level=0))  # no broker: quiet
     return create_app(ctx)
 
 
