@@ -39,6 +39,7 @@ def setup(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
                      publisher=Publisher(broker.bootstrap, s.usage_topic))
     with TestClient(create_app(ctx), raise_server_exceptions=False) as client:
         yield client, s
+    ctx.publisher.close(10)
     store.close()
 
 
