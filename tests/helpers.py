@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from tokentrail.errors import TokenTrailError
 from tokentrail.runtime.child import ChildStack, free_port
@@ -17,7 +18,7 @@ from tokentrail.runtime.topics import create_missing, pipeline_topics
 from tokentrail.settings import Settings
 from tokentrail.store import Store, open_store
 
-__all__ = ["RunningStack", "free_port", "new_store"]
+__all__ = ["RunningStack", "free_port", "new_store", "read_all"]
 
 
 def new_store(directory: Path) -> Store:
@@ -150,6 +151,24 @@ def isolated_settings(bootstrap: str, **overrides: Any) -> Settings:
         "alert_sink_group": f"as-{tag}", "sink_flush_s": 0.2, "session_timeout_ms": 2000, **overrides})
     create_missing(bootstrap, pipeline_topics(s))
     return s
+
+
+def read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any]]:
+    """(partition, decoded value) of every message of ``topic``, until it is quiet."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "fetch.message.max.bytes": 8 << 20})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out: list[tuple[int, Any]] = []
+    quiet = 0
+    while quiet < 6:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            quiet += 1
+        elif msg.error() is None:
+            quiet = 0
+            out.append((int(msg.partition() or 0), orjson.loads(msg.value() or b"null")))
+    consumer.close()
+    return out
 
 
 def run_until(stage: Any, predicate: Callable[[], bool], timeout_s: float = 60) -> None:

@@ -56,7 +56,6 @@ class Detector:
         self.peers: dict[int, PartitionPeers] = {}
         self.contributed: tuple[str, float] | None = None  # (org, tokens) the last observe added to peers
         self.scored: tuple[float, list[str]] | None = None  # (score, reasons) if the last observe scored
-        self.now = 0  # highest event time seen
         # Per partition: what idleness is judged against. A process's overall highest
         # event time depends on which partitions it holds and when it restarted; a
         # partition's own does not.
@@ -98,8 +97,6 @@ class Detector:
             self.contribute(user.partition, user.org_id, f.closed_tokens)
             f.closed_tokens = 0.0
         user.org_id = event["org_id"]
-        if ts > self.now:
-            self.now = ts
         self.advance(user.partition, ts)
         self._seen += 1
         if self._seen % self.evict_every == 0:
@@ -168,4 +165,3 @@ class Detector:
                      cooldown)
         user.scored_ts, user.since_score = scored, since_score
         self.users[user_id] = user
-        self.now = max(self.now, user.features.last_ts)

@@ -114,10 +114,11 @@ def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], even
                 prog["alerts"] += lost.alerts
                 prog["risk_updates"] += lost.risk_updates
                 batch.touched[user_id] = part
-            stage.detector.advance(part, event["ts_ms"])  # every event, fed again or not
             if stage.applied(user_id, offset):
-                # The user's state has this envelope: its progress was lost in a crash. A day
-                # it closed here goes to the peers again, at this very place (see stage.py).
+                # The user's state has this envelope: its progress was lost in a crash. The
+                # partition's event time moves on as it did, and a day the user closed here
+                # goes to the peers again, at this very place (see stage.py).
+                stage.detector.advance(part, event["ts_ms"])
                 owe = stage.owed_contribution(part, offset, index)
                 if owe is not None:
                     stage.detector.contribute(part, owe.org_id, owe.tokens)
@@ -236,14 +237,15 @@ def register(d: DetectorApp, settings: Settings, prices: PriceTable, bootstrap: 
 
 
 class _Counters:
-    """The progress table as the stats timer should see it: counters, without the peer figures."""
+    """The progress table as the stats timer should see it: the counters only (not the peer
+    figures or the list of users pending deletion)."""
 
     def __init__(self, table: Any) -> None:
         self.table = table
 
     @property
     def data(self) -> dict[str, Any]:
-        return {key: {k: v for k, v in prog.items() if k != "peers"} if prog else prog
+        return {key: {k: v for k, v in prog.items() if isinstance(v, int)} if prog else prog
                 for key, prog in list(self.table.data.items())}
 
 

@@ -184,8 +184,9 @@ class DetectorStage:
     def begin(self, user_id: str, stored: bytes | None, applied: int, partition: int = 0) -> Recount:
         """First touch of ``user_id`` in a batch whose partition progress is at offset ``applied``.
 
-        Syncs with the table, and returns the user's counts of its last batch when
-        that batch's progress was lost (the user's offset is past ``applied``).
+        Syncs with the table, and returns the user's counts that no progress record
+        covers yet (the batch that counted them ended past ``applied``), and queues the
+        user's peer contributions past ``applied`` to be re-applied in place.
         """
         self.sync(user_id, stored)
         meta = self.meta.get(user_id)

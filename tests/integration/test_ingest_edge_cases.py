@@ -7,18 +7,15 @@ events, a dead letter on the broker that says why.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.context import ApiContext
-from tests.helpers import isolated_settings, new_store
+from tests.helpers import isolated_settings, new_store, read_all
 from tokentrail.envelope import DEAD_LETTER_MAX_INPUT
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Publisher
@@ -43,22 +40,6 @@ def setup(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
     store.close()
 
 
-def dead_letters(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "fetch.message.max.bytes": 8 << 20})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    out, quiet = [], 0
-    while quiet < 6:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            quiet += 1
-        elif msg.error() is None:
-            quiet = 0
-            out.append(orjson.loads(msg.value() or b"null"))
-    consumer.close()
-    return out
-
-
 def test_hostile_bodies_get_the_promised_answers(setup: tuple[TestClient, Settings], broker: EmbeddedBroker) -> None:
     client, s = setup
     deep = "[" * 1000 + "]" * 1000  # parses (orjson reads 1024 levels); nested deeper than encoders write
@@ -79,7 +60,7 @@ def test_hostile_bodies_get_the_promised_answers(setup: tuple[TestClient, Settin
     resp = client.post("/v1/events", content=truncated)
     assert resp.status_code == 400 and "not valid JSON" in resp.json()["detail"]
 
-    letters = dead_letters(broker.bootstrap, s.dead_letter_topic)
+    letters = [value for _, value in read_all(broker.bootstrap, s.dead_letter_topic, 1)]
     assert len(letters) == 3 and all(d["stage"] == "ingest" and d["reason"] for d in letters)
     too_deep, meta, big = letters
     assert too_deep["input_truncated"] and "nested" in too_deep["input_note"]

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from producers import replay
 from producers.sdk import UsageProducer
-from tests.helpers import isolated_settings
+from tests.helpers import isolated_settings, read_all
 from tokentrail.envelope import partition_for
 from tokentrail.errors import EventError, TokenTrailError
 from tokentrail.runtime.broker import EmbeddedBroker
@@ -29,24 +27,6 @@ def fresh(broker: EmbeddedBroker) -> Settings:
 def event(i: int) -> dict[str, Any]:
     return {"event_id": f"sdk-{i}", "timestamp": "2026-11-23T09:15:02Z", "user_id": f"u{i % 11}",
             "org_id": "acme", "model": "gpt-5", "input_tokens": i, "output_tokens": 1}
-
-
-def read_all(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any]]:
-    """(partition, decoded value) of every message, until the topic is quiet."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"r-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[tuple[int, Any]] = []
-    quiet = 0
-    while quiet < 6:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            quiet += 1
-        elif msg.error() is None:
-            quiet = 0
-            out.append((int(msg.partition() or 0), orjson.loads(msg.value() or b"null")))
-    consumer.close()
-    return out
 
 
 def test_sdk_delivers_batches_partitioned_by_user(broker: EmbeddedBroker) -> None:
