@@ -87,14 +87,16 @@ class AlertSink(BatchSink):
         self.stats = AlertSinkStats()
         self._alerts: dict[str, tuple[Any, ...]] = {}  # by alert_id: copies in one batch collapse here
         self._risk: dict[str, tuple[Any, ...]] = {}  # by user: the latest in the batch
+        # Alert messages of the pending batch: counted in the stats once stored,
+        # so that a client waiting for the count can then read every alert.
+        self._alert_messages = 0
 
     def take(self, msg: Any) -> None:
         try:
             if msg.topic() == self.settings.alerts_topic:
                 doc = decode_alert(msg.value())
                 self._add_alert(alert_row(doc))
-                with self.stats.lock:
-                    self.stats.alert_messages += 1
+                self._alert_messages += 1
             else:
                 doc = decode_risk(msg.value())
                 row = risk_row(doc)
@@ -128,7 +130,8 @@ class AlertSink(BatchSink):
 
     def committed(self) -> None:
         with self.stats.lock:
+            self.stats.alert_messages += self._alert_messages
             self.stats.alerts += len(self._alerts)
             self.stats.risk_updates += len(self._risk)
             self.stats.batches += 1
-        self._alerts, self._risk = {}, {}
+        self._alerts, self._risk, self._alert_messages = {}, {}, 0

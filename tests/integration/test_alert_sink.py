@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -73,6 +75,46 @@ def test_one_row_per_alert_latest_version_first_detection(broker: EmbeddedBroker
     assert len(letters) == 1 and "not JSON" in letters[0][1]
     rows = store.query("SELECT bot_score, reasons FROM user_risk FINAL WHERE user_id = 'u1'")
     assert rows == [(0.9, ["second"])]
+
+
+class GatedStore:
+    """The real store, whose inserts wait until the test opens the gate."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.gate = threading.Event()
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.gate.wait(30)
+        return self.store.insert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_alert_messages_are_counted_once_stored(broker: EmbeddedBroker, store: Store) -> None:
+    """A client waiting until ``alert_messages`` reaches the detector's count
+    (GET /v1/pipeline) can then read every alert: the count follows the insert."""
+    s = isolated_settings(broker.bootstrap, partitions=1)
+    publish(broker.bootstrap, [(s.alerts_topic, "u9", alert("x-9", "u9", 1, 0.8, NOW))])
+    gated = GatedStore(store)
+    sink = AlertSink(s, broker.bootstrap, gated)  # type: ignore[arg-type]
+    sink.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sink.pending_size() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.pending_size() == 1  # taken from the topic, not stored yet
+        assert sink.stats.snapshot()["alert_messages"] == 0
+        gated.gate.set()
+        while sink.stats.snapshot()["alert_messages"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.stats.snapshot()["alert_messages"] == 1
+        q = AlertsQuery(user_id="u9")
+        assert [a["alert_id"] for a in to_page(q, store.query(*build_sql(q)))["alerts"]] == ["x-9"]
+    finally:
+        gated.gate.set()
+        sink.stop()
 
 
 def _iso(ms: int) -> str:
