@@ -97,35 +97,27 @@ class UserState:
 
 
 class QuietCollector:
-    """Garbage collection on the worker's schedule, not the allocator's.
+    """The garbage collector kept away from what it cannot free.
 
     Once processing starts, the objects of start-up and recovery (Faust, its
-    modules, restored tables) are frozen and automatic collection is turned
-    off. The processors make no reference cycles of their own; automatic
-    collections ran between and inside batches, traversing each batch's
-    survivors (org buckets, sums) again and again (~0.15 s per million events,
-    measured with ``gc.callbacks``). Cycles that Faust, aiokafka or asyncio
-    make are collected every ``every_s`` after a batch: a full collection of
-    what is not frozen, a few milliseconds.
+    modules, restored tables) are frozen: full collections stop traversing
+    them. Young collections run every 20,000 allocations instead of 700; the
+    processors make no reference cycles of their own (their hot loops run with
+    the collector off), so this only lets the short-lived containers of a batch
+    die by reference count before the collector visits them. (Turning automatic
+    collection off altogether, with a full collection every 10 s, measured the
+    same: median 42.6% of the ceiling at 1M either way, four runs each.)
     """
 
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self.started = False
-        self.last = 0.0
+    def __init__(self) -> None:
+        self.done = False
 
-    def start(self) -> None:
-        if not self.started:
-            self.started = True
+    def once(self) -> None:
+        if not self.done:
+            self.done = True
             gc.collect()
             gc.freeze()
-            gc.disable()
-            self.last = time.monotonic()
-
-    def maybe(self) -> None:
-        if self.started and time.monotonic() - self.last >= self.every_s:
-            gc.collect()
-            self.last = time.monotonic()
+            gc.set_threshold(20_000, 10, 10)
 
 
 class FreeMemoryReturner:
@@ -164,7 +156,7 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def flush_changelog() -> None:
         await asyncio.to_thread(writer.flush)
     user_state = UserState(users, retention_ms)
-    quiet_collector = QuietCollector(settings.processor_gc_s)
+    quiet_collector = QuietCollector()
     free_memory = FreeMemoryReturner()
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
 
@@ -237,9 +229,15 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def usage_windows(stream: Any) -> None:
         async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
             started_ms = int(time.time() * 1000)
-            quiet_collector.start()
+            quiet_collector.once()
+            # No reference cycles are made here; without the collector, the
+            # batch's short-lived buckets are not traversed again and again.
+            gc.disable()
             done: dict[int, int] = {}  # partition -> last source offset applied by this batch
-            messages = fold_batch(batch, done)
+            try:
+                messages = fold_batch(batch, done)
+            finally:
+                gc.enable()
             free_memory.maybe()
             # Deltas (with their org sums) and then the progress record that says
             # "applied up to offset X" are durable before org deltas go out, and
@@ -259,7 +257,6 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
                 await asyncio.gather(*futures)
             org_timing["org_messages_sent"] += len(messages)
             ended_ms = int(time.time() * 1000)
-            quiet_collector.maybe()
             for part, offset in done.items():
                 timed = timing.setdefault(part, {"batch_started_ms": started_ms})
                 timed["batch_ended_ms"] = ended_ms
@@ -271,18 +268,21 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
         # Org deltas come in bursts (one per usage batch): a short wait to fill
         # a batch applies them soon after they arrive.
         async for batch in stream.take_events(settings.processor_batch_messages, settings.org_batch_s):
-            quiet_collector.start()
             fold = windows.OrgFold(orgs)
             progs: dict[int, tuple[dict[str, int], int]] = {}
-            for event in batch:
-                part = event.message.partition
-                if part not in progs:
-                    prog = _progress(org_progress, f"orgd/{part}")
-                    progs[part] = (prog, prog["watermark_ms"])
-                prog = progs[part][0]
-                newest = fold.apply(part, event.value)
-                prog["watermark_ms"] = max(prog["watermark_ms"], newest)
-                prog["messages"] += 1
+            gc.disable()  # as in usage_windows
+            try:
+                for event in batch:
+                    part = event.message.partition
+                    if part not in progs:
+                        prog = _progress(org_progress, f"orgd/{part}")
+                        progs[part] = (prog, prog["watermark_ms"])
+                    prog = progs[part][0]
+                    newest = fold.apply(part, event.value)
+                    prog["watermark_ms"] = max(prog["watermark_ms"], newest)
+                    prog["messages"] += 1
+            finally:
+                gc.enable()
             if fold.conflicts:
                 log.error("org deltas: %d entries partly applied before were skipped", fold.conflicts)
             for bucket_key, (part, bucket) in fold.buckets.items():
@@ -297,7 +297,6 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             await flush_changelog()
             org_timing["org_messages_applied"] += len(batch)
             org_timing["org_batch_ended_ms"] = int(time.time() * 1000)
-            quiet_collector.maybe()
 
     register_stats(p.app, settings, p.progress, "processor", key_prefix="usage/",
                    extra=lambda key: {**timing.get(int(key.rsplit("/", 1)[1]), {}), **org_timing})

@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     org_batch_s: float = Field(0.1, gt=0, description="longest wait to fill an org-windows batch")
     fetch_max_wait_ms: int = Field(100, ge=1, le=1500,
                                    description="longest a Faust stage's fetch waits for data on the broker")
-    processor_gc_s: float = Field(10.0, gt=0, description="a processor worker's garbage collection interval")
 
     # Sink.
     sink_group: str = "tokentrail-sink"
