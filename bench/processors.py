@@ -84,9 +84,11 @@ def timed_span(latest: dict[bytes, dict[str, Any]]) -> tuple[int, int, int] | No
         return None
     usage_ended = max(r["batch_ended_ms"] for r in timed)
     # The org counters are process-wide: the newest record has them, and must
-    # have been published after the last usage batch (so "sent" is final).
+    # have been made after the last usage batch ended (so "sent" is final;
+    # strictly after, as both clocks are in milliseconds). With one worker on
+    # a fresh topic, no org delta is read twice, so "applied" counts each once.
     newest = max(records, key=lambda r: r.get("updated_ms", 0))
-    if newest.get("updated_ms", 0) < usage_ended or \
+    if newest.get("updated_ms", 0) <= usage_ended or \
             newest.get("org_messages_applied", 0) < newest.get("org_messages_sent", 0):
         return None
     done = sum(r["processed"] + r["duplicates"] + r["late"] for r in records)
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1,
                         help="independent runs (each on a fresh broker); the median ratio is printed too")
     args = parser.parse_args(argv)
+    if args.repeat < 1 or args.events < 1:
+        parser.error("--repeat and --events must be at least 1")
 
     settings = Settings(stats_interval_s=0.5)
     bodies = make_bodies(args.events, args.users, 4, 5000, days=args.days)

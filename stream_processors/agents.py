@@ -312,13 +312,18 @@ def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_
 
     @app.timer(settings.stats_interval_s)
     async def publish_stats() -> None:
+        # Every record of one tick is made before the first send (an await):
+        # they show the process at one instant, "updated_ms".
         now = int(time.time() * 1000)
+        records = []
         for key, prog in list(progress.data.items()):
             if prog and key.startswith(key_prefix):
                 value = {**prog, "stage": stage, "instance": instance, "updated_ms": now}
                 if extra is not None:
                     value.update(extra(key))
-                await stats_topic.send(key=f"{stage}/{key}".encode(), value=orjson.dumps(value))
+                records.append((f"{stage}/{key}".encode(), orjson.dumps(value)))
+        for key_bytes, value_bytes in records:
+            await stats_topic.send(key=key_bytes, value=value_bytes)
 
 
 def exit_on_crash(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

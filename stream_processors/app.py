@@ -43,7 +43,7 @@ def prompt_fetch_transport(fetch_max_wait_ms: int) -> type[faust_aiokafka.Transp
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             # aiokafka reads it when the consumer starts (its Fetcher); there
-            # is no public way through Faust (tests/unit/test_faust_app.py).
+            # is no public way through Faust (tests/integration/test_faust_fetch_wait.py).
             consumer._fetch_max_wait_ms = fetch_max_wait_ms
             return consumer
 
