@@ -70,7 +70,7 @@ class DetectorApp:
 
 
 def build(settings: Settings, bootstrap: str) -> DetectorApp:
-    app = faust_app(app_id(settings), settings, bootstrap)
+    app = faust_app(app_id(settings), settings, bootstrap, settings.detector_batch_messages)
     raw: dict[str, Any] = {"value_serializer": "raw", "key_serializer": "raw"}
     usage = app.topic(settings.usage_topic, partitions=settings.partitions, **raw)
     alerts = app.topic(settings.alerts_topic, partitions=settings.partitions, **raw)

@@ -16,7 +16,8 @@ from tokentrail.settings import Settings
 
 
 async def _started_fetch_wait(bootstrap: str, wait_ms: int) -> tuple[str, int]:
-    app = faust_app("tt-fetch-wait-test", Settings(fetch_max_wait_ms=wait_ms), bootstrap)
+    app = faust_app("tt-fetch-wait-test", Settings(fetch_max_wait_ms=wait_ms), bootstrap, batch_messages=10)
+    assert app.conf.stream_buffer_maxsize == 20  # twice a stage's batch (see faust_app)
 
     async def noop(*_args: Any) -> None:
         return None
