@@ -74,10 +74,11 @@ def run_seed(report: Report, seed: int, bots_per_archetype: int, data_dir: Path,
         stages = _wait_detected(stack, n, progress, seed)
         detect_s = time.monotonic() - t0
         versions = _alert_versions(stack.bootstrap, settings.alerts_topic, stages["detector"]["alerts"])
-        served = _served_alert_ids(stack, until_has={a["alert_id"] for a in versions})
-        if served != {a["alert_id"] for a in versions}:
+        carried = {a["alert_id"] for a in versions}
+        served = _served_once_stored(stack, carried)
+        if served != carried:
             raise TokenTrailError(f"seed {seed}: /v1/alerts serves {len(served)} alert ids, the alerts topic "
-                                  f"carries {len({a['alert_id'] for a in versions})}")
+                                  f"carries {len(carried)}")
         # The versions of one alert id are one alert, dated by its first version.
         first_versions: dict[str, tuple[str, str, int]] = {}
         for a in versions:
@@ -153,26 +154,30 @@ def _alert_versions(bootstrap: str, topic: str, at_least: int, quiet_s: float = 
     return out
 
 
-def _served_alert_ids(stack: ChildStack, until_has: set[str], timeout_s: float = 60) -> set[str]:
-    """The alert ids /v1/alerts serves, read again until they include ``until_has``
-    (or ``timeout_s`` passed). The alert sink's message count can reach the
-    detector's alert count while its last batch is still being stored: alerts a
-    detector re-sends after a crash are messages too."""
+def _served_once_stored(stack: ChildStack, ids: set[str], timeout_s: float = 60) -> set[str]:
+    """``_served_alert_ids``, read again until it includes ``ids`` (or ``timeout_s``
+    passed). The alert sink's message count can reach the detector's alert count
+    while its last batch is still being stored: alerts a detector re-sends after
+    a crash are messages too."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ids: set[str] = set()
-        cursor = None
-        while True:
-            resp = stack.client.get("/v1/alerts", params={"limit": 1000, **({"cursor": cursor} if cursor else {})})
-            resp.raise_for_status()
-            page = resp.json()
-            ids |= {a["alert_id"] for a in page["alerts"]}
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
-        if until_has <= ids or time.monotonic() > deadline:
-            return ids
+        served = _served_alert_ids(stack)
+        if ids <= served or time.monotonic() > deadline:
+            return served
         time.sleep(0.5)
+
+
+def _served_alert_ids(stack: ChildStack) -> set[str]:
+    ids: set[str] = set()
+    cursor = None
+    while True:
+        resp = stack.client.get("/v1/alerts", params={"limit": 1000, **({"cursor": cursor} if cursor else {})})
+        resp.raise_for_status()
+        page = resp.json()
+        ids |= {a["alert_id"] for a in page["alerts"]}
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return ids
 
 
 def _risk(stack: ChildStack, user_id: str) -> float:
