@@ -2,15 +2,18 @@
 
 All time logic is event time and lives in windows.py; this module moves data
 between topics and tables. The usage agent takes many envelopes at a time
-(``take_events``) and writes one user-window delta per (partition, minute) of
+(``noack_take``) and writes one user-window delta per (partition, minute) of
 the batch, and one org delta per (org prefix, minute) for all its partitions:
 changelog records and messages, not events, are what Faust state costs (see
-table_writes.py). The per-event work is ``UserWindows.fold``.
+table_writes.py). The per-event work is ``UserWindows.fold``. The org-windows
+agent writes one changelog record per (org prefix, hour) a batch touched.
 
 Order of writes per usage batch: user deltas, then progress (both acknowledged
-by the changelog), then org deltas, and all of it before Faust commits the
-batch's offsets. After a restart a partition's windows are rebuilt from its
-stored deltas and the org deltas not known delivered are re-sent.
+by the changelog), then org deltas, and only then are the batch's events acked,
+so Faust never commits an offset whose effects could be lost. The next batch is
+folded while the broker acknowledges one (its writes wait their turn). After a
+restart a partition's windows are rebuilt from its stored deltas and the org
+deltas not known delivered are re-sent.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -224,10 +227,47 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     timing: dict[int, dict[str, int]] = {}
     org_timing = {"org_messages_sent": 0, "org_messages_applied": 0, "org_batch_ended_ms": 0}
 
+    async def make_durable(stream: Any, batch: list[Any], user_records: list[Any], progress_records: list[Any],
+                           messages: list[windows.OrgMessage], done: dict[int, int], started_ms: int) -> None:
+        """A folded usage batch made durable, in order, then acknowledged.
+
+        Deltas (with their org sums) and then the progress record that says
+        "applied up to offset X" are durable before org deltas go out, and all
+        of it before the batch's events are acked (Faust commits only acked
+        offsets). A crash before the org deltas are delivered re-sends them
+        from the stored deltas on restart (UserState.get); org buckets skip
+        (source partition, offset) tags they applied.
+        """
+        writer.send_many(users.topic, user_records)
+        await flush_changelog()
+        writer.send_many(progress.topic, progress_records)
+        await flush_changelog()
+        futures = [
+            await p.org_deltas.send(key=m["org"].encode(), partition=partition_for(m["org"], settings.partitions),
+                                    value=m)
+            for m in messages
+        ]
+        if futures:
+            await asyncio.gather(*futures)
+        for event in batch:
+            await stream.ack(event)
+        org_timing["org_messages_sent"] += len(messages)
+        ended_ms = int(time.time() * 1000)
+        for part, offset in done.items():
+            timed = timing.setdefault(part, {"batch_started_ms": started_ms})
+            timed["batch_ended_ms"] = ended_ms
+            timed["batch_ended_offset"] = offset
+
     @p.app.agent(p.usage, name="usage-windows")
     @exit_on_crash
     async def usage_windows(stream: Any) -> None:
-        async for batch in stream.take_events(settings.processor_batch_messages, settings.processor_batch_s):
+        # Pipelined: while one batch's writes wait for the broker's
+        # acknowledgements, the next batch is taken and folded (its changes
+        # only go to memory). Its writes go out after the previous batch's are
+        # durable, so the order of writes is the same as one batch at a time;
+        # events are acked (hence committed) only when their batch is durable.
+        durable: asyncio.Future[None] | None = None
+        async for batch in stream.noack_take(settings.processor_batch_messages, settings.processor_batch_s):
             started_ms = int(time.time() * 1000)
             quiet_collector.once()
             # No reference cycles are made here; without the collector, the
@@ -236,31 +276,16 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             done: dict[int, int] = {}  # partition -> last source offset applied by this batch
             try:
                 messages = fold_batch(batch, done)
+                user_records = users.take_records()
+                progress_records = progress.take_records()
             finally:
                 gc.enable()
             free_memory.maybe()
-            # Deltas (with their org sums) and then the progress record that says
-            # "applied up to offset X" are durable before org deltas go out, and
-            # all of it before Faust commits the offsets. A crash before the org
-            # deltas are delivered re-sends them from the stored deltas on restart
-            # (UserState.get); org buckets skip (source partition, offset) tags they applied.
-            users.flush()
-            await flush_changelog()
-            progress.flush()
-            await flush_changelog()
-            futures = [
-                await p.org_deltas.send(key=m["org"].encode(), partition=partition_for(m["org"], settings.partitions),
-                                        value=m)
-                for m in messages
-            ]
-            if futures:
-                await asyncio.gather(*futures)
-            org_timing["org_messages_sent"] += len(messages)
-            ended_ms = int(time.time() * 1000)
-            for part, offset in done.items():
-                timed = timing.setdefault(part, {"batch_started_ms": started_ms})
-                timed["batch_ended_ms"] = ended_ms
-                timed["batch_ended_offset"] = offset
+            if durable is not None:
+                await durable  # the previous batch's writes first
+            durable = asyncio.ensure_future(
+                make_durable(stream, batch, user_records, progress_records, messages, done, started_ms))
+            durable.add_done_callback(exit_if_failed)
 
     @p.app.agent(p.org_deltas, name="org-windows")
     @exit_on_crash
@@ -326,6 +351,20 @@ def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_
             await stats_topic.send(key=key_bytes, value=value_bytes)
 
 
+def exit_for_restart(what: str, exc: BaseException) -> NoReturn:
+    """Log why and exit, so that the supervisor restarts the stage and state
+    comes back from changelogs."""
+    log.error("%s crashed; exiting so that the stage is restarted", what, exc_info=exc)
+    logging.shutdown()
+    os._exit(70)
+
+
+def exit_if_failed(task: asyncio.Future[None]) -> None:
+    """Done callback of a background task whose failure must restart the stage."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        exit_for_restart("a usage batch's writes", exc)
+
+
 def exit_on_crash(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
     """A crashed Faust agent leaves its worker running but idle; exit instead,
     so the supervisor restarts the stage and state comes back from changelogs."""
@@ -336,10 +375,8 @@ def exit_on_crash(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Aw
             await agent(stream)
         except asyncio.CancelledError:
             raise
-        except BaseException:
-            log.exception("agent %s crashed; exiting so that the stage is restarted", agent.__name__)
-            logging.shutdown()
-            os._exit(70)
+        except BaseException as exc:
+            exit_for_restart(f"agent {agent.__name__}", exc)
 
     return guarded
 

@@ -12,6 +12,9 @@ from tokentrail.settings import Settings
 
 ORG_DELTAS_SUFFIX = "org-deltas"
 USER_WINDOWS = "user-minute-deltas"
+# Org-window records, one per org prefix and hour (windows.py); "org-minute"
+# held one per minute, a value format of its own, and is no longer written.
+ORG_WINDOWS = "org-windows"
 FETCH_BYTES = 16 * 1024 * 1024  # per partition
 
 
@@ -112,6 +115,6 @@ def build(settings: Settings, bootstrap: str) -> Processors:
     # made by the processors: value_type=bytes stores them as they are ("raw").
     user_windows = app.Table(USER_WINDOWS, default=None, partitions=settings.partitions, key_type=str,
                              value_type=bytes)
-    org_windows = app.Table("org-minute", default=None, partitions=settings.partitions)
+    org_windows = app.Table(ORG_WINDOWS, default=None, partitions=settings.partitions)
     progress = app.Table("progress", default=None, partitions=settings.partitions)
     return Processors(app, usage, org_deltas, user_windows, org_windows, progress)

@@ -135,10 +135,9 @@ class BufferedTable:
         """
         data = self.local
         if self.writer is not None:
-            self.writer.send_many(self.topic, self._apply_encoded())
-            n = len(self.pending)
-            self.pending = {}
-            return n
+            records = self.take_records()
+            self.writer.send_many(self.topic, records)
+            return len(records)
         for key, (partition, value) in self.pending.items():
             if value is None:
                 data.pop(key, None)
@@ -151,6 +150,14 @@ class BufferedTable:
         n = len(self.pending)
         self.pending = {}
         return n
+
+    def take_records(self) -> list[tuple[int, bytes, bytes | None]]:
+        """Apply the pending writes locally and take them as changelog records
+        (partition, key, value), to be sent later with ``writer.send_many``:
+        reads see them at once, and the caller chooses when they go out."""
+        records = list(self._apply_encoded())
+        self.pending = {}
+        return records
 
     def _apply_encoded(self) -> Iterator[tuple[int, bytes, bytes | None]]:
         """Apply the pending writes locally, yielding each as a changelog record."""

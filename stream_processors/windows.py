@@ -18,10 +18,13 @@ re-processed after a crash finds its events already counted. A delta key is
 never written twice with different contents: a re-processed batch with the same
 offset range finds every event of a written delta already counted.
 
-Org buckets are fed by *org deltas*: per envelope, the sums of the new events
-per (org prefix, minute), tagged with the source partition and offset. Deltas
-are re-keyed by org (a repartition), and an org bucket remembers the last source
-offset it applied per source partition, so a re-sent delta is skipped.
+Org windows are fed by *org deltas*: per batch, the sums of the new events per
+(org prefix, minute), tagged with the source partitions and offsets. Deltas
+are re-keyed by org (a repartition), and an org minute bucket remembers the
+last source offset it applied per source partition, so a re-sent delta is
+skipped. A changelog *record* holds the minute buckets of one org prefix and
+one hour (``ORG_RECORD_MINUTES``): a batch catching up on hours of events then
+writes one record per org prefix and hour, not 60.
 
 Windows are kept for ``retention`` of event time behind the partition's
 watermark (the largest event time seen). An event older than that is *late*:
@@ -56,8 +59,27 @@ OrgSums = dict[str, dict[int, list[int]]]  # org prefix -> minute -> [minute, *s
 OrgMessage = dict[str, Any]
 
 
+ORG_RECORD_MINUTES = 60  # minutes per org-window record
+
+
 def org_key(org: str, minute: int) -> str:
-    return f"o{SEP}{org}{SEP}{minute}"
+    """The key of the org-window record that holds this minute: ``o, org, its first minute``."""
+    return f"o{SEP}{org}{SEP}{minute - minute % ORG_RECORD_MINUTES}"
+
+
+def org_record_last_minute(key: str) -> int:
+    return key_minute(key) + ORG_RECORD_MINUTES - 1
+
+
+def org_minutes(records: Mapping[str, list[Any]]) -> dict[tuple[str, int], Sums]:
+    """Org windows from org-window records: (org prefix, minute) -> sums."""
+    out: dict[tuple[str, int], Sums] = {}
+    for key, slots in records.items():
+        _kind, org, first = key.split(SEP)
+        for i, bucket in enumerate(slots):
+            if bucket is not None:
+                out[(org, int(first) + i)] = bucket[:N_SUMS]
+    return out
 
 
 def key_minute(key: str) -> int:
@@ -311,11 +333,12 @@ _prefixes = lru_cache(maxsize=1 << 16)(org_prefixes)
 
 def org_messages(sums: OrgSums, tags: list[int], chunk: int = 2000) -> list[OrgMessage]:
     """Org-delta messages: per org prefix, its entries ``[minute, *sums, sources]``
-    with the tags ``[source partition, source offset, ...]`` of the source batches;
-    bit i of ``sources`` is tag i (the batches an entry sums)."""
+    in minute order (so an org-window record's come together), with the tags
+    ``[source partition, source offset, ...]`` of the source batches; bit i of
+    ``sources`` is tag i (the batches an entry sums)."""
     out = []
     for org, by_minute in sums.items():
-        entries = list(by_minute.values())
+        entries = [by_minute[m] for m in sorted(by_minute)]
         for i in range(0, len(entries), chunk):
             out.append({"org": org, "tags": tags, "entries": entries[i : i + chunk]})
     return out
@@ -341,25 +364,29 @@ def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], deliv
 
 
 class OrgFold:
-    """One batch of org-delta messages applied to org buckets, each bucket copied once.
+    """One batch of org-delta messages applied to org-window records, each record copied once.
 
-    An org bucket is ``N_SUMS`` sums then ``{source partition: last applied source
-    offset}``. An entry sums the contributions of one or more source batches,
-    each tagged (source partition, last offset of the batch). A bucket applies an
-    entry when every one of its tags is newer than what it applied from that
-    partition, and skips it when none is (a re-sent delta). A partition's tags
-    only grow on the buckets it contributes to, so anything else (``conflicts``)
-    cannot happen with the usage agent's order of writes; it is skipped and counted.
+    A record holds one slot per minute of its hour: ``None``, or the minute's
+    bucket, ``N_SUMS`` sums then ``{source partition: last applied source
+    offset}``. An entry sums the contributions of one or more source batches
+    to one minute, each tagged (source partition, last offset of the batch). A
+    bucket applies an entry when every one of its tags is newer than what it
+    applied from that partition, and skips it when none is (a re-sent delta).
+    A partition's tags only grow on the buckets it contributes to, so anything
+    else (``conflicts``) cannot happen with the usage agent's order of writes;
+    it is skipped and counted. (Per minute, not per record: a batch re-done
+    after a crash with other boundaries can tag one minute of an hour with an
+    offset lower than another minute's.)
 
-    ``lookup.get(key)`` returns the stored bucket (never mutated). ``buckets``
-    then holds the batch's changed buckets with the partition they belong to,
-    ``new`` the keys that were not stored before.
+    ``lookup.get(key)`` returns the stored record (never mutated). ``buckets``
+    then holds the batch's changed records with the partition they belong to,
+    ``new`` the (partition, key, last minute) of records not stored before.
     """
 
     def __init__(self, lookup: Any) -> None:
         self.lookup = lookup
         self.buckets: dict[str, tuple[int, list[Any]]] = {}
-        self.new: list[tuple[int, str, int]] = []  # (partition, key, minute)
+        self.new: list[tuple[int, str, int]] = []  # (partition, key, last minute of the record)
         self.conflicts = 0
 
     def apply(self, partition: int, message: OrgMessage) -> int:
@@ -369,25 +396,34 @@ class OrgFold:
         tags = [(1 << (i // 2), str(raw_tags[i]), raw_tags[i + 1]) for i in range(0, len(raw_tags), 2)]
         by_sources: dict[int, list[tuple[str, int]]] = {}  # an entry's sources -> its (partition, offset) tags
         prefix = f"o{SEP}{message['org']}{SEP}"
+        span = ORG_RECORD_MINUTES
         buckets = self.buckets
         lookup = self.lookup
+        current = -1
+        slots: list[Any] = []
         newest = -1
         for entry in message["entries"]:
             minute = entry[0]
-            key = prefix + str(minute)
-            hit = buckets.get(key)
-            if hit is None:
-                stored = lookup.get(key)
-                if stored:
-                    bucket = [*stored[:N_SUMS], dict(stored[N_SUMS])]
+            first = minute - minute % span
+            if first != current:
+                current = first
+                key = prefix + str(first)
+                hit = buckets.get(key)
+                if hit is None:
+                    stored = lookup.get(key)
+                    if stored:
+                        slots = [None if b is None else [*b[:N_SUMS], dict(b[N_SUMS])] for b in stored]
+                    else:
+                        slots = [None] * span
+                        self.new.append((partition, key, first + span - 1))
+                    buckets[key] = (partition, slots)
                 else:
-                    bucket = [0, 0, 0, 0, 0, 0, 0, {}]
-                    self.new.append((partition, key, minute))
-                buckets[key] = (partition, bucket)
-            else:
-                bucket = hit[1]
+                    slots = hit[1]
             if minute > newest:
                 newest = minute
+            bucket = slots[minute - first]
+            if bucket is None:
+                bucket = slots[minute - first] = [0, 0, 0, 0, 0, 0, 0, {}]
             applied = bucket[7]
             sources = entry[8]
             mine = by_sources.get(sources)
@@ -414,7 +450,8 @@ class OrgFold:
 
 
 class ExpiryIndex:
-    """Which live bucket keys of each partition fall out of retention, cheaply.
+    """Which org-window records of each partition fall out of retention (all
+    their minutes do), cheaply.
 
     In memory only: after a restart it is rebuilt from the restored table keys
     (``ensure_loaded``), so no extra changelog writes are needed for it.
@@ -432,8 +469,8 @@ class ExpiryIndex:
         for key in keys():
             self.add(partition, key)
 
-    def add(self, partition: int, key: str, minute: int | None = None) -> None:
-        minute = key_minute(key) if minute is None else minute
+    def add(self, partition: int, key: str, last_minute: int | None = None) -> None:
+        minute = org_record_last_minute(key) if last_minute is None else last_minute
         self._by_minute.setdefault(partition, {}).setdefault(minute, set()).add(key)
 
     def pop_expired(self, partition: int, watermark_ms: int, retention_ms: int) -> list[str]:

@@ -7,12 +7,12 @@ import logging
 import faust
 
 from stream_processors.agents import register
-from stream_processors.app import USER_WINDOWS, build, org_deltas_topic
+from stream_processors.app import ORG_WINDOWS, USER_WINDOWS, build, org_deltas_topic
 from tokentrail.pricing import PriceTable
 from tokentrail.runtime.topics import TopicSpec, create_missing, pipeline_topics
 from tokentrail.settings import Settings
 
-TABLES = (USER_WINDOWS, "org-minute", "progress")
+TABLES = (USER_WINDOWS, ORG_WINDOWS, "progress")
 
 
 def processor_topics(settings: Settings) -> list[TopicSpec]:

@@ -14,7 +14,7 @@ def test_records_match_faust_serialisation() -> None:
     processors = build(Settings(), "127.0.0.1:9")  # no connection is made
     topic = processors.org_windows.changelog_topic
     key = windows.org_key("ü\"rg/x", 29_923_755)
-    value = [1, 2, 3, 4, 5, 15, 9000, {"0": 123456789012345678}]
+    value = [None, [1, 2, 3, 4, 5, 15, 9000, {"0": 123456789012345678}], *[None] * 58]
     faust_key, _ = topic.prepare_key(key, None, None)
     faust_value, _ = topic.prepare_value(value, None, None)
     assert orjson.dumps(key) == faust_key

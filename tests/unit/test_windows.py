@@ -151,8 +151,19 @@ def message(org: str, tags: list[int], *minutes: int, sources: int = -1) -> w.Or
     return {"org": org, "tags": tags, "entries": [[m, 1, 2, 3, 4, 5, 14, 7, sources] for m in minutes]}
 
 
+def record(**minutes: list[Any]) -> list[Any]:
+    """An org-window record of the hour of M0 with buckets at minutes "m<i>" (M0 + i)."""
+    slots: list[Any] = [None] * w.ORG_RECORD_MINUTES
+    for name, bucket in minutes.items():
+        slots[(M0 + int(name[1:])) % w.ORG_RECORD_MINUTES] = bucket
+    return slots
+
+
 def test_org_fold_applies_each_tag_once_and_leaves_stored_untouched() -> None:
-    stored = {w.org_key("x", M0): [1, 0, 0, 0, 0, 0, 0, {"0": 2}]}
+    assert M0 % w.ORG_RECORD_MINUTES < 50  # the minutes below share one record
+    key = w.org_key("x", M0)
+    assert key == w.org_key("x", M0 + 1) and key.endswith(str(M0 - M0 % 60))
+    stored = {key: record(m0=[1, 0, 0, 0, 0, 0, 0, {"0": 2}])}
     frozen = repr(stored)
     fold = w.OrgFold(stored)
     assert fold.apply(1, message("x", [0, 3, 1, 7], M0, M0 + 1)) == (M0 + 2) * 60_000 - 1
@@ -161,20 +172,35 @@ def test_org_fold_applies_each_tag_once_and_leaves_stored_untouched() -> None:
     fold.apply(1, message("x", [0, 2], M0))  # applied before the batch
     assert repr(stored) == frozen
     got = {k: b for k, (_p, b) in fold.buckets.items()}
-    assert got[w.org_key("x", M0)] == [3, 4, 6, 8, 10, 28, 14, {"0": 3, "1": 9}]
-    assert got[w.org_key("x", M0 + 1)] == [2, 4, 6, 8, 10, 28, 14, {"0": 3, "1": 9}]
+    assert got == {key: record(m0=[3, 4, 6, 8, 10, 28, 14, {"0": 3, "1": 9}],
+                               m1=[2, 4, 6, 8, 10, 28, 14, {"0": 3, "1": 9}])}
+    assert w.org_minutes(got) == {("x", M0): [3, 4, 6, 8, 10, 28, 14], ("x", M0 + 1): [2, 4, 6, 8, 10, 28, 14]}
     assert fold.conflicts == 0
     fold.apply(1, message("x", [0, 4, 1, 9], M0))  # 1's batch 9 applied, 0's batch 4 not: cannot be split
-    assert fold.conflicts == 1 and got[w.org_key("x", M0)][0] == 3
-    assert [k for _p, k, _m in fold.new] == [w.org_key("x", M0 + 1)]
+    assert fold.conflicts == 1 and got[key][M0 % 60][0] == 3
+    assert fold.new == []
+    fold.apply(1, message("x", [2, 1], M0 + 60))  # the next hour: a new record
+    assert fold.new == [(1, w.org_key("x", M0 + 60), M0 - M0 % 60 + 119)]
 
 
-def test_expiry_index_pops_only_old_minutes() -> None:
+def test_a_minute_takes_a_lower_tag_than_another_minute_of_its_hour() -> None:
+    """A batch re-done after a crash with other boundaries: its minute 62 is tagged
+    (0, 4) after minute 61 of the same hour took (0, 8) from the first try's stored delta."""
+    fold = w.OrgFold({})
+    fold.apply(0, message("x", [0, 8], M0 + 1))
+    fold.apply(0, message("x", [0, 4], M0 + 2))
+    assert fold.conflicts == 0
+    assert sorted(w.org_minutes({k: b for k, (_p, b) in fold.buckets.items()})) == [("x", M0 + 1), ("x", M0 + 2)]
+
+
+def test_expiry_index_pops_a_record_once_all_its_minutes_are_old() -> None:
     idx = w.ExpiryIndex()
     old, new = w.org_key("o", M0), w.org_key("o", M0 + 120)
     idx.ensure_loaded(0, lambda: [old, new])
-    assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == [old]
-    assert idx.pop_expired(0, T0 + 121 * 60_000, 60 * 60_000) == []
+    old_end = M0 - M0 % 60 + 59
+    assert idx.pop_expired(0, (old_end + 60) * 60_000, 60 * 60_000) == []  # its last minute is still live
+    assert idx.pop_expired(0, (old_end + 61) * 60_000, 60 * 60_000) == [old]
+    assert idx.pop_expired(0, (old_end + 61) * 60_000, 60 * 60_000) == []
 
 
 class Crash(Exception):
@@ -192,8 +218,10 @@ def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int, seal_eve
     monkeypatch.setattr(w, "SEAL_EVENTS", seal_events)
     rng = random.Random(seed)
     users = [f"u{i}" for i in range(7)]
-    pool = [ev(i, T0 + rng.randrange(30) * 20_000, user=rng.choice(users), org=rng.choice(["a/b", "a/c", "d"]),
-               tokens=rng.randrange(100)) for i in range(300)]  # a re-sent event is the same event
+    # Minutes of three hours: org-window records shared by many minutes and batches.
+    pool = [ev(i, T0 + rng.randrange(30) * 20_000 + rng.randrange(3) * HOUR, user=rng.choice(users),
+               org=rng.choice(["a/b", "a/c", "d"]), tokens=rng.randrange(100))
+            for i in range(300)]  # a re-sent event is the same event
     envelopes: dict[int, list[list[dict[str, Any]]]] = {0: [], 1: [], 2: []}
     for part in (0, 1, 2):
         mine = [e for e in pool if int(e["user_id"][1:]) % 3 == part]
@@ -266,15 +294,14 @@ def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int, seal_eve
 
     unique = {e["event_id"]: e for part in (0, 1, 2) for env in envelopes[part] for e in env}
     expected_users: dict[tuple[str, int], int] = {}
-    expected_orgs: dict[str, int] = {}
+    expected_orgs: dict[tuple[str, int], int] = {}
     for e in unique.values():
         minute = e["ts_ms"] // 60_000
         expected_users[(e["user_id"], minute)] = expected_users.get((e["user_id"], minute), 0) + e["input_tokens"]
         for org in ({"a/b": ["a", "a/b"], "a/c": ["a", "a/c"], "d": ["d"]}[e["org_id"]]):
-            key = w.org_key(org, minute)
-            expected_orgs[key] = expected_orgs.get(key, 0) + e["input_tokens"]
+            expected_orgs[(org, minute)] = expected_orgs.get((org, minute), 0) + e["input_tokens"]
     assert {k: b[1] for k, b in w.merge_deltas(stored.items()).items()} == expected_users
-    assert {k: b[1] for k, b in org_store.items()} == expected_orgs
+    assert {k: sums[1] for k, sums in w.org_minutes(org_store).items()} == expected_orgs
 
 
 def test_freed_memory_is_handed_back_at_most_once_per_interval() -> None:
