@@ -107,11 +107,15 @@ class Sampler(threading.Thread):
         self.stop_flag = threading.Event()
         self.worker_pid = worker_pid
         self.worker_rss: dict[int, float] = {}  # millions processed -> processor RSS (MiB) then
+        # millions processed -> every RSS sample (MiB) taken until the next million
+        self.worker_rss_samples: dict[int, list[float]] = {}
 
     def _note_rss(self, processed: int) -> None:
         million = processed // 1_000_000
-        if self.worker_pid and million >= 1 and million not in self.worker_rss:
-            self.worker_rss[million] = rss_mib(self.worker_pid)
+        if self.worker_pid and million >= 1:
+            rss = rss_mib(self.worker_pid)
+            self.worker_rss.setdefault(million, rss)
+            self.worker_rss_samples.setdefault(million, []).append(rss)
 
     def run(self) -> None:
         with httpx.Client(base_url=self.stack.url, timeout=30) as client:
@@ -258,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                 "plain_consumer_events_per_s": plain, "processor_to_ceiling": proc_rate / plain,
                 "usage_p50_ms": p50, "usage_p99_ms": p99, "peak_rss_mib": rss,
                 "stored": snap["stored"], "processed": snap["processed"], "worker_rss": sampler.worker_rss,
+                "worker_rss_median": {m: statistics.median(v) for m, v in sampler.worker_rss_samples.items()},
             }
         finally:
             stack.stop()
@@ -268,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 def format_report(r: dict[str, Any]) -> str:
     rss = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["peak_rss_mib"].items()))
     growth = ", ".join(f"{m}M: {v:,.0f}" for m, v in sorted(r.get("worker_rss", {}).items()))
+    medians = r.get("worker_rss_median", {})
+    typical = ", ".join(f"{m}M: {v:,.0f}" for m, v in sorted(medians.items()))
     return "\n".join([
         f"TokenTrail pipeline benchmark: {r['events']:,} events (stored {r['stored']:,}, processed {r['processed']:,})",
         f"  POST /v1/events          {r['post_events_per_s']:>10,.0f} events/s",
@@ -280,8 +287,18 @@ def format_report(r: dict[str, Any]) -> str:
         f"  -> processors at {r['processor_to_ceiling']:.1%} of it",
         f"  /v1/usage org/day/hourly p50 {r['usage_p50_ms']:.1f} ms, p99 {r['usage_p99_ms']:.1f} ms",
         f"  peak RSS MiB: {rss}",
-        f"  processor RSS MiB after N million processed: {growth or '-'}",
+        f"  processor RSS MiB after N million processed: {growth or '-'}{_spread(r.get('worker_rss', {}))}",
+        f"  processor RSS MiB from N to N+1 million, median of 0.5 s samples: {typical or '-'}{_spread(medians)}",
     ])
+
+
+def _spread(by_million: dict[int, float]) -> str:
+    """How far the figures for 2M, 3M, ... are from the 1M one (the flat-memory target: within 10%)."""
+    if 1 not in by_million or len(by_million) < 2:
+        return ""
+    base = by_million[1]
+    worst = max(abs(v - base) / base for v in by_million.values())
+    return f"  (at most {worst:.1%} from 1M)"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import orjson
 from stream_processors import windows
 from stream_processors.app import Processors
 from stream_processors.table_writes import BufferedTable, ChangelogWriter
-from tokentrail.envelope import decode_envelope, partition_for
+from tokentrail.envelope import decode_envelope, from_our_producers, partition_for
 from tokentrail.pricing import PriceTable
 from tokentrail.settings import Settings
 
@@ -182,7 +182,7 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
                     continue  # applied before a restart; state came back from the changelog
                 # Invalid items are only counted here: the history sink, which reads
                 # the same messages, is the one stage that dead-letters them.
-                good, bad = decode_envelope(event.value, prices)
+                good, bad = decode_envelope(event.value, prices, from_our_producers(event.message.headers))
                 c, d, n_late = state.fold(good)
                 counted += c
                 duplicates += d

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stream_processors.batch_sink import BatchSink
-from tokentrail.envelope import decode_envelope
+from tokentrail.envelope import decode_envelope, from_our_producers
 from tokentrail.pricing import PriceTable
 from tokentrail.publish import Ticket
 from tokentrail.settings import Settings
@@ -99,7 +99,7 @@ class HistorySink(BatchSink):
         self._result = (0, 0)
 
     def take(self, msg: Any) -> None:
-        good, bad = decode_envelope(msg.value(), self.prices)
+        good, bad = decode_envelope(msg.value(), self.prices, from_our_producers(msg.headers()))
         for raw, reason in bad:
             self.track_dead_letter(self.dead_letter(raw, reason))
         with self.stats.lock:

@@ -9,15 +9,20 @@ one partition whichever producer sent them.
 
 Consumers also accept a single JSON object and contract-form events (without
 the computed wire fields) so that third-party producers can write plain v1
-events to the topic; those are validated and priced on the way in.
+events to the topic; those are validated and priced on the way in. Wire-form
+items are taken as they are only from messages that carry ``FORMAT_HEADER``
+(our producers validated them at the edge): in any other message a wire-form
+item is validated and priced like a plain one, so a malformed look-alike is
+dead-lettered instead of stopping every stage that reads the topic.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import orjson
@@ -32,6 +37,7 @@ MAX_BYTES_PER_MESSAGE: Final = 512 * 1024
 DEAD_LETTER_MAX_INPUT: Final = 256 * 1024  # bytes of an offending input kept in its dead letter
 MAX_REASON_CHARS: Final = 2000
 _WIRE_KEYS: Final = frozenset(("ts_ms", "cost_nanos", "cost_source"))
+_COMPUTED_KEYS: Final = _WIRE_KEYS | {"price_version"}  # what encode_event adds to a contract event
 
 
 def partition_for(user_id: str, partitions: int) -> int:
@@ -76,15 +82,25 @@ def _join(encoded: list[bytes]) -> bytes:
     return b"[" + b",".join(encoded) + b"]"
 
 
-def decode_envelope(value: bytes | None, prices: PriceTable) -> tuple[list[dict[str, Any]], list[tuple[object, str]]]:
-    """Message value -> (wire events, [(raw item, error)] for the dead-letter topic)."""
+def from_our_producers(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
+    """Whether a message's headers say that our producers built it (``FORMAT_HEADER``)."""
+    return bool(headers) and FORMAT_HEADER in headers  # type: ignore[operator]
+
+
+def decode_envelope(value: bytes | None, prices: PriceTable,
+                    trusted: bool = False) -> tuple[list[dict[str, Any]], list[tuple[object, str]]]:
+    """Message value -> (wire events, [(raw item, error)] for the dead-letter topic).
+
+    ``trusted``: the message comes from our producers (``from_our_producers``),
+    so its wire-form items were validated at the edge and are taken as they are.
+    """
     if not value:
         return [], [(value, "empty message")]
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return [], [(value, f"message is not JSON: {exc}")]
-    if type(doc) is list:
+    if trusted and type(doc) is list:
         for item in doc:
             if type(item) is not dict or "ts_ms" not in item or "cost_nanos" not in item or "cost_source" not in item:
                 break
@@ -94,14 +110,35 @@ def decode_envelope(value: bytes | None, prices: PriceTable) -> tuple[list[dict[
     good: list[dict[str, Any]] = []
     bad: list[tuple[object, str]] = []
     for item in items:
-        if isinstance(item, dict) and item.keys() >= _WIRE_KEYS:
+        if trusted and isinstance(item, dict) and item.keys() >= _WIRE_KEYS:
             good.append(item)  # validated at the edge; trusted inside
             continue
         try:
-            good.append(encode_event(item, prices))
+            good.append(encode_event(_contract_form(item), prices))
         except EventError as exc:
             bad.append((item, str(exc)))
     return good, bad
+
+
+def _contract_form(item: object) -> object:
+    """An untrusted wire-form item back in contract form, for ``encode_event``
+    to validate it and compute its wire fields again. Its cost counts as sent
+    by the client only when it says so (``cost_source`` "event")."""
+    if not isinstance(item, dict) or _WIRE_KEYS.isdisjoint(item):
+        return item
+    event = {k: v for k, v in item.items() if k not in _COMPUTED_KEYS}
+    if event.get("prompt_hash") == "":  # wire form of "none"
+        del event["prompt_hash"]
+    metadata = event.get("metadata")
+    if metadata == "":
+        event["metadata"] = None
+    elif isinstance(metadata, str):  # wire metadata is JSON text; if it is not, validation says so
+        with contextlib.suppress(orjson.JSONDecodeError):
+            event["metadata"] = orjson.loads(metadata)
+    nanos = item.get("cost_nanos")
+    if item.get("cost_source") == "event" and type(nanos) is int:
+        event["cost_usd"] = nanos / 1e9
+    return event
 
 
 def dead_letter(raw: object, reason: str, stage: str) -> bytes:

@@ -37,7 +37,7 @@ from stream_processors.detection.features import DAY_MS
 from stream_processors.detection.stage import DetectorStage, RiskUpdate
 from stream_processors.table_writes import BufferedTable, ChangelogWriter
 from tokentrail import alerts as wire
-from tokentrail.envelope import decode_envelope, partition_for
+from tokentrail.envelope import decode_envelope, from_our_producers, partition_for
 from tokentrail.pricing import PriceTable
 from tokentrail.runtime.topics import TopicSpec, create_missing, pipeline_topics
 from tokentrail.settings import Settings
@@ -103,7 +103,8 @@ def feed(stage: DetectorStage, states: BufferedTable, prog: dict[str, Any], even
         offset = message.message.offset
         if offset <= applied:
             continue  # applied and counted before a restart; state and progress came back from the changelogs
-        good, bad = decode_envelope(message.value, prices)  # the history sink dead-letters bad ones
+        # the history sink dead-letters bad ones
+        good, bad = decode_envelope(message.value, prices, from_our_producers(message.message.headers))
         fed_here: set[str] = set()
         for index, event in enumerate(good):
             user_id = event["user_id"]

@@ -13,11 +13,14 @@ from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from producers.simulator import simulate
 from tests.helpers import RunningStack, alive, post_ndjson
+from tokentrail.envelope import encode_event, partition_for
 from tokentrail.events import total_tokens, validate
+from tokentrail.pricing import PriceTable
+from tokentrail.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -92,6 +95,32 @@ def test_exact_usage_end_to_end(stack: RunningStack) -> None:
     letters = read_topic(stack.bootstrap, "tokentrail.dead-letter", n_invalid)
     reasons = Counter("input_tokens" in letter["reason"] or "not JSON" in letter["reason"] for letter in letters)
     assert reasons[True] == n_invalid
+
+
+def test_messages_not_from_our_producers_are_validated_not_trusted(stack: RunningStack) -> None:
+    """A third party writes to the usage topic directly (no format header): plain and
+    wire-form events are validated and counted, and a malformed wire-form look-alike,
+    which would stop every stage if it were trusted, is dead-lettered."""
+    prices = PriceTable.load()
+    before = stack.pipeline()
+    pids = sorted(stack.stage_pids())
+    plain = {"event_id": "tp-1", "timestamp": "2026-11-23T10:00:00Z", "user_id": "tp-user", "org_id": "tp",
+             "model": "gpt-5", "input_tokens": 5, "output_tokens": 1}
+    wire = encode_event({**plain, "event_id": "tp-2"}, prices)
+    lookalike = {"ts_ms": START_MS, "cost_nanos": 1, "cost_source": "price_table", "note": "tp-3"}
+    producer = Producer({"bootstrap.servers": stack.bootstrap})
+    producer.produce(Settings().usage_topic, value=orjson.dumps([plain, lookalike, wire]),
+                     partition=partition_for("tp-user", Settings().partitions))
+    assert producer.flush(30) == 0
+    snap = stack.wait_drained(expect_stored=before["stored"] + 2, expect_processed=before["processed"] + 2)
+    assert (snap["stored"], snap["processed"]) == (before["stored"] + 2, before["processed"] + 2)
+    letters = read_topic(stack.bootstrap, "tokentrail.dead-letter", N_INVALID + 1)
+    assert [letter["reason"] for letter in letters if letter.get("input") == lookalike] == [
+        "field 'note': unknown field (schema v1 rejects unknown top-level fields)"]
+    resp = stack.client.get("/v1/usage", params={"org_id": "tp", "granularity": "day",
+                                                 "from": "2026-11-23T00:00:00Z", "to": "2026-11-24T00:00:00Z"})
+    assert [p["total_tokens"] for s in resp.json()["series"] for p in s["points"]] == [12]
+    assert sorted(stack.stage_pids()) == pids  # no stage crashed on it
 
 
 def test_bad_bodies_are_4xx_never_5xx(stack: RunningStack) -> None:

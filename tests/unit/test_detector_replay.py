@@ -8,7 +8,7 @@ replayed batch must neither feed an event twice nor lose the batch's counts.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from stream_processors.detection.agent import NEW_PROGRESS, Batch, delete_pruned, feed, finish, prune, settle
 from stream_processors.detection.stage import DetectorStage
 from stream_processors.table_writes import BufferedTable
-from tokentrail.envelope import encode_event
+from tokentrail.envelope import FORMAT_HEADER, encode_event
 from tokentrail.pricing import PriceTable
 
 PRICES = PriceTable.load()
@@ -44,6 +44,7 @@ class Table:
 class Inner:
     offset: int
     partition: int = 0
+    headers: list[tuple[str, bytes]] = field(default_factory=lambda: [FORMAT_HEADER])  # from our producers
 
 
 @dataclass

@@ -4,7 +4,14 @@ import zlib
 
 import orjson
 
-from tokentrail.envelope import build_envelopes, decode_envelope, encode_event, partition_for
+from tokentrail.envelope import (
+    FORMAT_HEADER,
+    build_envelopes,
+    decode_envelope,
+    encode_event,
+    from_our_producers,
+    partition_for,
+)
 from tokentrail.pricing import PriceTable
 
 PRICES = PriceTable.load()
@@ -33,7 +40,7 @@ def test_envelopes_keep_per_partition_order_and_respect_limits() -> None:
 def test_decode_trusts_wire_form_and_validates_plain_events() -> None:
     wire = encode_event(raw(1, "u"), PRICES)
     value = orjson.dumps([wire, raw(2, "u"), {"event_id": "bad"}])
-    good, bad = decode_envelope(value, PRICES)
+    good, bad = decode_envelope(value, PRICES, trusted=True)
     assert [e["event_id"] for e in good] == ["e1", "e2"]
     assert good[1]["cost_source"] == "price_table"
     assert len(bad) == 1 and bad[0][1].startswith("field ")
@@ -44,9 +51,29 @@ def test_decode_trusts_wire_form_and_validates_plain_events() -> None:
 
 def test_decode_all_wire_envelope_and_a_wire_lookalike_missing_a_field() -> None:
     wire = [encode_event(raw(i, "u"), PRICES) for i in range(3)]
-    good, bad = decode_envelope(orjson.dumps(wire), PRICES)
+    good, bad = decode_envelope(orjson.dumps(wire), PRICES, trusted=True)
     assert good == wire and bad == []
     partial = {k: v for k, v in wire[0].items() if k != "cost_source"}  # not wire form: validated as v1
-    good, bad = decode_envelope(orjson.dumps([wire[1], partial, 7, raw(9, "u")]), PRICES)
-    assert [e["event_id"] for e in good] == ["e1", "e9"] and good[1]["cost_source"] == "price_table"
-    assert [item for item, _ in bad] == [partial, 7] and "unknown field" in bad[0][1]
+    broken = {**partial, "input_tokens": "many"}
+    good, bad = decode_envelope(orjson.dumps([wire[1], partial, broken, 7, raw(9, "u")]), PRICES, trusted=True)
+    assert good == [wire[1], wire[0], encode_event(raw(9, "u"), PRICES)]  # wire fields computed again
+    assert [item for item, _ in bad] == [broken, 7] and "input_tokens" in bad[0][1]
+
+
+def test_wire_form_is_trusted_only_from_our_producers() -> None:
+    """A message without our header: a wire-form look-alike is validated and priced like
+    a plain event, so a malformed one is dead-lettered instead of reaching the processors."""
+    wire = encode_event(raw(1, "u"), PRICES)
+    lookalike = {"ts_ms": 1, "cost_nanos": 5, "cost_source": "client"}  # no event_id, user, ...
+    forged = {**encode_event(raw(2, "u"), PRICES), "cost_nanos": 1}  # a cost of its own making
+    value = orjson.dumps([wire, lookalike, forged])
+    good, bad = decode_envelope(value, PRICES)
+    assert good == [wire, encode_event(raw(2, "u"), PRICES)]  # wire fields computed again
+    assert [item for item, _ in bad] == [lookalike] and "required" in bad[0][1]
+    assert decode_envelope(value, PRICES, trusted=True)[0] == [wire, lookalike, forged]
+    rich = encode_event({**raw(3, "u"), "cost_usd": 0.25, "metadata": {"team": "x"}, "prompt_hash": "ab",
+                         "latency_ms": 7}, PRICES)
+    assert decode_envelope(orjson.dumps([rich]), PRICES) == ([rich], [])  # the client's cost stays
+    assert from_our_producers([FORMAT_HEADER]) and from_our_producers([("x", b"1"), FORMAT_HEADER])
+    assert not from_our_producers(None) and not from_our_producers([])
+    assert not from_our_producers([("tt-format", b"v0")])
