@@ -8,7 +8,7 @@ as ingest writes them), then in the same run:
 Both are timed the same way, by the clock of the process doing the work: from
 the moment the first messages are in hand (the plain consumer's first
 ``consume`` that returned messages; the worker's first batch from
-``take_events``) to the end of the work on the last event (the plain consumer:
+``noack_take``) to the end of the work on the last event (the plain consumer:
 last event summed; the worker: the later of the end of the usage batch that
 applied the last event, its deltas, progress and org deltas acknowledged by
 the broker, and the end of the org-windows batch that applied the last org

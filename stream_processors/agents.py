@@ -19,6 +19,7 @@ deltas not known delivered are re-sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
 import gc
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 # Entries per org-delta message (~70 bytes each): stays far below the broker's
 # 1 MB message limit however spread out in event time a batch is.
 DELTA_CHUNK = 2000
+# On a stop, how long the usage batch in flight may take to become durable.
+STOP_WAIT_S = 10.0
 # "orgs_sent": source offset up to which the partition's org deltas are known delivered.
 NEW_PROGRESS = {"processed": 0, "duplicates": 0, "late": 0, "invalid": 0, "messages": 0, "watermark_ms": 0,
                 "offset": -1, "orgs_sent": -1}
@@ -203,8 +206,9 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
             # tagged with those it sums.
             windows.add_org_sums(org_sums, orgs_per_minute, 1 << (len(tags) // 2))
             tags += [part, last]
-            # Every earlier batch's org deltas were delivered before this one began,
-            # but not org deltas re-sent in this batch after a restart.
+            # Every earlier batch's org deltas are delivered before this batch's
+            # progress is written (make_durable runs one batch at a time), but
+            # not org deltas re-sent in this batch after a restart.
             orgs_sent = prog["orgs_sent"] if state.resent else applied
             state.resent = False
             prog.update(
@@ -266,26 +270,28 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
         # only go to memory). Its writes go out after the previous batch's are
         # durable, so the order of writes is the same as one batch at a time;
         # events are acked (hence committed) only when their batch is durable.
-        durable: asyncio.Future[None] | None = None
-        async for batch in stream.noack_take(settings.processor_batch_messages, settings.processor_batch_s):
-            started_ms = int(time.time() * 1000)
-            quiet_collector.once()
-            # No reference cycles are made here; without the collector, the
-            # batch's short-lived buckets are not traversed again and again.
-            gc.disable()
-            done: dict[int, int] = {}  # partition -> last source offset applied by this batch
-            try:
-                messages = fold_batch(batch, done)
-                user_records = users.take_records()
-                progress_records = progress.take_records()
-            finally:
-                gc.enable()
-            free_memory.maybe()
-            if durable is not None:
-                await durable  # the previous batch's writes first
-            durable = asyncio.ensure_future(
-                make_durable(stream, batch, user_records, progress_records, messages, done, started_ms))
-            durable.add_done_callback(exit_if_failed)
+        durable = InOrder("a usage batch's writes", stopping=lambda: bool(p.app.should_stop))
+        try:
+            async for batch in stream.noack_take(settings.processor_batch_messages, settings.processor_batch_s):
+                started_ms = int(time.time() * 1000)
+                quiet_collector.once()
+                # No reference cycles are made here; without the collector, the
+                # batch's short-lived buckets are not traversed again and again.
+                gc.disable()
+                done: dict[int, int] = {}  # partition -> last source offset applied by this batch
+                try:
+                    messages = fold_batch(batch, done)
+                    user_records = users.take_records()
+                    progress_records = progress.take_records()
+                finally:
+                    gc.enable()
+                free_memory.maybe()
+                await durable.then(make_durable(stream, batch, user_records, progress_records, messages, done,
+                                                started_ms))
+        finally:
+            # A stop lets the batch in flight finish (its events are acked, so
+            # committed); one cut short is replayed after the restart anyway.
+            await durable.drain(STOP_WAIT_S)
 
     @p.app.agent(p.org_deltas, name="org-windows")
     @exit_on_crash
@@ -359,10 +365,39 @@ def exit_for_restart(what: str, exc: BaseException) -> NoReturn:
     os._exit(70)
 
 
-def exit_if_failed(task: asyncio.Future[None]) -> None:
-    """Done callback of a background task whose failure must restart the stage."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        exit_for_restart("a usage batch's writes", exc)
+class InOrder:
+    """Background tasks run one after the other; a failure restarts the stage.
+
+    ``then(work)`` waits for the previous task, then starts ``work`` and
+    returns: the caller goes on (folding the next batch) while it runs. A
+    failure exits the process (as a crashed agent does), except while the
+    app is stopping, when it is only logged: what it did not finish is not
+    acked, so it is replayed after the restart.
+    """
+
+    def __init__(self, what: str, stopping: Callable[[], bool]) -> None:
+        self.what = what
+        self.stopping = stopping
+        self.last: asyncio.Future[None] | None = None
+
+    async def then(self, work: Awaitable[None]) -> None:
+        if self.last is not None:
+            await asyncio.shield(self.last)  # a cancelled caller must not cancel the writes
+        self.last = asyncio.ensure_future(work)
+        self.last.add_done_callback(self._check)
+
+    async def drain(self, timeout_s: float) -> None:
+        if self.last is not None and not self.last.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.last), timeout_s)
+
+    def _check(self, task: asyncio.Future[None]) -> None:
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        if self.stopping():
+            log.warning("%s failed while stopping (replayed after the restart): %r", self.what, exc)
+            return
+        exit_for_restart(self.what, exc)
 
 
 def exit_on_crash(agent: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

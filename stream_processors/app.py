@@ -32,8 +32,9 @@ def org_deltas_topic(settings: Settings) -> str:
     return f"{settings.app_id}.{ORG_DELTAS_SUFFIX}"
 
 
-def prompt_fetch_transport(fetch_max_wait_ms: int) -> type[faust_aiokafka.Transport]:
-    """Faust's Kafka transport with fetches that wait at most ``fetch_max_wait_ms``.
+class PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, whose aiokafka consumer waits at most the app's
+    ``fetch_max_wait_ms`` for a fetch.
 
     Faust hard-codes 1,500 ms. The embedded broker (Tansu 0.6) does not answer
     a waiting fetch as soon as data arrives: with Faust's wait, org deltas
@@ -42,31 +43,30 @@ def prompt_fetch_transport(fetch_max_wait_ms: int) -> type[faust_aiokafka.Transp
     an empty fetch per wait when a stage is idle.
     """
 
-    class Thread(faust_aiokafka.AIOKafkaConsumerThread):
-        def _create_worker_consumer(self, transport: Any) -> Any:
-            consumer = super()._create_worker_consumer(transport)
-            # aiokafka reads it when the consumer starts (its Fetcher); there
-            # is no public way through Faust (tests/integration/test_faust_fetch_wait.py).
-            consumer._fetch_max_wait_ms = fetch_max_wait_ms
-            return consumer
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka reads it when the consumer starts (its Fetcher); there is no
+        # public way through Faust (tests/integration/test_faust_fetch_wait.py).
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", App.fetch_max_wait_ms)
+        return consumer
 
-    class PromptConsumer(faust_aiokafka.Consumer):
-        def _new_consumer_thread(self) -> Any:
-            return Thread(self, loop=self.loop, beacon=self.beacon)
 
-    class Transport(faust_aiokafka.Transport):
-        Consumer = PromptConsumer
+class PromptConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    return Transport
+
+class PromptTransport(faust_aiokafka.Transport):
+    Consumer = PromptConsumer
 
 
 class App(faust.App):
-    """faust.App whose consumer transport is given, not looked up by URL scheme."""
+    """faust.App with the consumer transport above (not looked up by URL scheme)."""
 
-    transport_class: type[faust_aiokafka.Transport] = faust_aiokafka.Transport
+    fetch_max_wait_ms = 1500  # Faust's own; faust_app sets the stage's
 
     def _new_transport(self) -> Any:
-        return self.transport_class(self.conf.broker_consumer, self)
+        return PromptTransport(self.conf.broker_consumer, self)
 
 
 def faust_app(app_id: str, settings: Settings, bootstrap: str, batch_messages: int, **overrides: Any) -> faust.App:
@@ -96,7 +96,7 @@ def faust_app(app_id: str, settings: Settings, bootstrap: str, batch_messages: i
         table_cleanup_interval=3600,  # windows expire in event time, by our own code
         **overrides,
     )
-    app.transport_class = prompt_fetch_transport(settings.fetch_max_wait_ms)
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     return app
 
 

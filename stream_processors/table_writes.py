@@ -5,15 +5,15 @@ Every table write is a changelog record, the main cost of Faust state. The
 processors take many envelopes at a time and write each touched key once, to
 the changelog partition of the source partition whose events produced it
 (where Faust's own ``table[key] = value`` would put it, given the event
-context that ``take_events`` does not provide).
+context that Faust's batching does not provide).
 
 The records themselves go through a confluent-kafka producer (C, ~1 µs a
 record) instead of Faust's pure-Python one (~60 µs). They are byte-for-byte
 what Faust writes (JSON key and value; a tombstone for a delete), so Faust's
 own recovery reads them back. ``ChangelogWriter.flush`` blocks until every
-record is acknowledged; the agents call it before asking for the next batch,
-and Faust commits a batch's offsets only after that, so a crash can never
-commit offsets whose state changes were lost.
+record is acknowledged; the agents call it before they ack a batch's events,
+and Faust commits only acked offsets, so a crash can never commit offsets
+whose state changes were lost.
 
 End markers. The embedded broker (Tansu 0.6) reports a partition's high
 watermark as the base offset of its LAST BATCH plus one, so after a batch of

@@ -83,7 +83,10 @@ def _join(encoded: list[bytes]) -> bytes:
 
 
 def from_our_producers(headers: Sequence[tuple[str, bytes | None]] | None) -> bool:
-    """Whether a message's headers say that our producers built it (``FORMAT_HEADER``)."""
+    """Whether a message's headers say that our producers built it (``FORMAT_HEADER``).
+
+    A format marker, not authentication: whoever can write to the usage topic
+    can set it (Kafka ACLs are what keep others out)."""
     return bool(headers) and FORMAT_HEADER in headers  # type: ignore[operator]
 
 
@@ -124,8 +127,8 @@ def _contract_form(item: object) -> object:
     """An untrusted wire-form item back in contract form, for ``encode_event``
     to validate it and compute its wire fields again. Its cost counts as sent
     by the client only when it says so (``cost_source`` "event")."""
-    if not isinstance(item, dict) or _WIRE_KEYS.isdisjoint(item):
-        return item
+    if not isinstance(item, dict) or not item.keys() >= _WIRE_KEYS:
+        return item  # not wire form: validated as it is
     event = {k: v for k, v in item.items() if k not in _COMPUTED_KEYS}
     if event.get("prompt_hash") == "":  # wire form of "none"
         del event["prompt_hash"]
@@ -135,8 +138,10 @@ def _contract_form(item: object) -> object:
     elif isinstance(metadata, str):  # wire metadata is JSON text; if it is not, validation says so
         with contextlib.suppress(orjson.JSONDecodeError):
             event["metadata"] = orjson.loads(metadata)
-    nanos = item.get("cost_nanos")
-    if item.get("cost_source") == "event" and type(nanos) is int:
+    if item["cost_source"] == "event":
+        nanos = item["cost_nanos"]
+        if type(nanos) is not int:
+            raise EventError("cost_nanos", "must be an integer")
         event["cost_usd"] = nanos / 1e9
     return event
 

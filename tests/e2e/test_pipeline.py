@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,19 +108,21 @@ def test_messages_not_from_our_producers_are_validated_not_trusted(stack: Runnin
     plain = {"event_id": "tp-1", "timestamp": "2026-11-23T10:00:00Z", "user_id": "tp-user", "org_id": "tp",
              "model": "gpt-5", "input_tokens": 5, "output_tokens": 1}
     wire = encode_event({**plain, "event_id": "tp-2"}, prices)
+    forged = {**wire, "cost_nanos": 1}  # not trusted: priced again
     lookalike = {"ts_ms": START_MS, "cost_nanos": 1, "cost_source": "price_table", "note": "tp-3"}
     producer = Producer({"bootstrap.servers": stack.bootstrap})
-    producer.produce(Settings().usage_topic, value=orjson.dumps([plain, lookalike, wire]),
+    producer.produce(Settings().usage_topic, value=orjson.dumps([plain, lookalike, forged]),
                      partition=partition_for("tp-user", Settings().partitions))
     assert producer.flush(30) == 0
     snap = stack.wait_drained(expect_stored=before["stored"] + 2, expect_processed=before["processed"] + 2)
     assert (snap["stored"], snap["processed"]) == (before["stored"] + 2, before["processed"] + 2)
-    letters = read_topic(stack.bootstrap, "tokentrail.dead-letter", N_INVALID + 1)
+    letters = read_topic(stack.bootstrap, "tokentrail.dead-letter", 0, until=lambda x: x.get("input") == lookalike)
     assert [letter["reason"] for letter in letters if letter.get("input") == lookalike] == [
         "field 'note': unknown field (schema v1 rejects unknown top-level fields)"]
     resp = stack.client.get("/v1/usage", params={"org_id": "tp", "granularity": "day",
                                                  "from": "2026-11-23T00:00:00Z", "to": "2026-11-24T00:00:00Z"})
-    assert [p["total_tokens"] for s in resp.json()["series"] for p in s["points"]] == [12]
+    points = [p for s in resp.json()["series"] for p in s["points"]]
+    assert [(p["total_tokens"], p["cost_usd"]) for p in points] == [(12, 2 * wire["cost_nanos"] / 1e9)]
     assert sorted(stack.stage_pids()) == pids  # no stage crashed on it
 
 
@@ -146,7 +149,9 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert not any(alive(pid) for pid in pids)
 
 
-def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30) -> list[dict[str, Any]]:
+def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30,
+               until: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+    """The topic's first ``expect`` records; with ``until``, the records up to the first it accepts."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, 0, 0)])
     out: list[dict[str, Any]] = []
@@ -154,10 +159,12 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout_s: float = 30) -
         import time
 
         deadline = time.monotonic() + timeout_s
-        while len(out) < expect and time.monotonic() < deadline:
+        while (until is not None or len(out) < expect) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None:
                 out.append(orjson.loads(msg.value()))
+                if until is not None and until(out[-1]):
+                    break
     finally:
         consumer.close()
     return out

@@ -56,8 +56,8 @@ def test_decode_all_wire_envelope_and_a_wire_lookalike_missing_a_field() -> None
     partial = {k: v for k, v in wire[0].items() if k != "cost_source"}  # not wire form: validated as v1
     broken = {**partial, "input_tokens": "many"}
     good, bad = decode_envelope(orjson.dumps([wire[1], partial, broken, 7, raw(9, "u")]), PRICES, trusted=True)
-    assert good == [wire[1], wire[0], encode_event(raw(9, "u"), PRICES)]  # wire fields computed again
-    assert [item for item, _ in bad] == [broken, 7] and "input_tokens" in bad[0][1]
+    assert good == [wire[1], encode_event(raw(9, "u"), PRICES)]
+    assert [item for item, _ in bad] == [partial, broken, 7] and "unknown field" in bad[0][1]
 
 
 def test_wire_form_is_trusted_only_from_our_producers() -> None:
@@ -74,6 +74,8 @@ def test_wire_form_is_trusted_only_from_our_producers() -> None:
     rich = encode_event({**raw(3, "u"), "cost_usd": 0.25, "metadata": {"team": "x"}, "prompt_hash": "ab",
                          "latency_ms": 7}, PRICES)
     assert decode_envelope(orjson.dumps([rich]), PRICES) == ([rich], [])  # the client's cost stays
+    fake = {**rich, "cost_nanos": 2.5e8}
+    assert decode_envelope(orjson.dumps([fake]), PRICES)[1] == [(fake, "field 'cost_nanos': must be an integer")]
     assert from_our_producers([FORMAT_HEADER]) and from_our_producers([("x", b"1"), FORMAT_HEADER])
     assert not from_our_producers(None) and not from_our_producers([])
     assert not from_our_producers([("tt-format", b"v0")])

@@ -190,7 +190,8 @@ def test_a_minute_takes_a_lower_tag_than_another_minute_of_its_hour() -> None:
     fold.apply(0, message("x", [0, 8], M0 + 1))
     fold.apply(0, message("x", [0, 4], M0 + 2))
     assert fold.conflicts == 0
-    assert sorted(w.org_minutes({k: b for k, (_p, b) in fold.buckets.items()})) == [("x", M0 + 1), ("x", M0 + 2)]
+    assert w.org_minutes({k: b for k, (_p, b) in fold.buckets.items()}) == {
+        ("x", M0 + 1): [1, 2, 3, 4, 5, 14, 7], ("x", M0 + 2): [1, 2, 3, 4, 5, 14, 7]}
 
 
 def test_expiry_index_pops_a_record_once_all_its_minutes_are_old() -> None:
@@ -207,15 +208,18 @@ class Crash(Exception):
     pass
 
 
+@pytest.mark.parametrize("fold_in_c", [True, False])
 @pytest.mark.parametrize("seal_events", [w.SEAL_EVENTS, 3])
 @pytest.mark.parametrize("seed", range(8))
-def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int, seal_events: int,
+def test_batch_protocol_is_exact_under_crashes_at_every_step(seed: int, seal_events: int, fold_in_c: bool,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The usage agent's order (fold; store deltas; progress; then org deltas),
     re-run after crashes at random points with random batch boundaries, ends
     with exact user and org windows, re-sent events counted once; also when
-    pending buckets are sealed every few events (a user in several chunks)."""
+    pending buckets are sealed every few events (a user in several chunks);
+    with the fold in C (where it was built) and in Python."""
     monkeypatch.setattr(w, "SEAL_EVENTS", seal_events)
+    monkeypatch.setattr(w, "USE_C_FOLD", fold_in_c)
     rng = random.Random(seed)
     users = [f"u{i}" for i in range(7)]
     # Minutes of three hours: org-window records shared by many minutes and batches.

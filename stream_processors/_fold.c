@@ -1,0 +1,294 @@
+/* UserWindows.fold in C: the processors' per-event hot path.
+ *
+ * The same algorithm as UserWindows._fold_py in windows.py, which stays the
+ * reference (and the fallback where this module was not built):
+ * tests/unit/test_fold_c.py checks that both leave the same state for the
+ * same events. Only CPython's C API is used (no dependency); every object
+ * taken from an event is checked where its type matters, so bad input
+ * raises an exception, never crashes.
+ *
+ * fold(events, wm, retention, seen_by_minute, pending, pending_orgs, canon,
+ *      shared_seen) -> (counted, duplicates, late, watermark)
+ *
+ *   events          list of wire events (dicts)
+ *   seen_by_minute  {minute: {event_id: user_id}}
+ *   pending         {minute: {user_id: [7 sums, *event ids]}}
+ *   pending_orgs    {minute: {org_id: [7 sums]}}
+ *   canon           {user_id: user_id} (one string object per user)
+ *   shared_seen     callable(minute, user_id, event_id) -> bool, for an id
+ *                   already counted for another user (rare)
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define MINUTE_MS 60000LL
+
+static PyObject *k_ts, *k_event_id, *k_user_id, *k_org_id, *k_input, *k_output, *k_cache_read, *k_cache_write,
+    *k_cost, *one;
+
+/* A borrowed reference to event[key], or NULL with KeyError/TypeError set. */
+static PyObject *field(PyObject *event, PyObject *key) {
+    PyObject *value = PyDict_GetItemWithError(event, key);
+    if (value == NULL && !PyErr_Occurred()) {
+        PyErr_SetObject(PyExc_KeyError, key);
+    }
+    return value;
+}
+
+/* A new reference to the dict at mapping[key], made when missing. */
+static PyObject *dict_at(PyObject *mapping, PyObject *key) {
+    PyObject *inner = PyDict_GetItemWithError(mapping, key);
+    if (inner != NULL) {
+        if (!PyDict_Check(inner)) {
+            PyErr_SetString(PyExc_TypeError, "fold: window state must hold dicts");
+            return NULL;
+        }
+        Py_INCREF(inner);
+        return inner;
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    inner = PyDict_New();
+    if (inner == NULL) {
+        return NULL;
+    }
+    if (PyDict_SetItem(mapping, key, inner) < 0) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    return inner;
+}
+
+/* sums[i] += value for one list item (a new int object, as Python's += makes). */
+static int add_at(PyObject *sums, Py_ssize_t i, PyObject *value) {
+    PyObject *total = PyNumber_Add(PyList_GET_ITEM(sums, i), value);
+    if (total == NULL) {
+        return -1;
+    }
+    PyList_SET_ITEM(sums, i, total);
+    return 0;
+}
+
+static int add_sums(PyObject *sums, PyObject *const values[7]) {
+    if (!PyList_Check(sums) || PyList_GET_SIZE(sums) < 7) {
+        PyErr_SetString(PyExc_TypeError, "fold: a bucket must be a list of at least 7 sums");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < 7; i++) {
+        PyObject *old = PyList_GET_ITEM(sums, i);
+        if (add_at(sums, i, values[i]) < 0) {
+            return -1;
+        }
+        Py_DECREF(old);
+    }
+    return 0;
+}
+
+/* A new list [1, inp, out, cr, cw, total, cost] (+ event_id when given). */
+static PyObject *new_bucket(PyObject *const values[7], PyObject *event_id) {
+    PyObject *bucket = PyList_New(event_id != NULL ? 8 : 7);
+    if (bucket == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < 7; i++) {
+        Py_INCREF(values[i]);
+        PyList_SET_ITEM(bucket, i, values[i]);
+    }
+    if (event_id != NULL) {
+        Py_INCREF(event_id);
+        PyList_SET_ITEM(bucket, 7, event_id);
+    }
+    return bucket;
+}
+
+static PyObject *fold(PyObject *module, PyObject *args) {
+    PyObject *events, *seen_by_minute, *pending, *pending_orgs, *canon, *shared_seen;
+    long long wm, retention;
+    if (!PyArg_ParseTuple(args, "O!LLO!O!O!O!O:fold", &PyList_Type, &events, &wm, &retention, &PyDict_Type,
+                          &seen_by_minute, &PyDict_Type, &pending, &PyDict_Type, &pending_orgs, &PyDict_Type, &canon,
+                          &shared_seen)) {
+        return NULL;
+    }
+    long long floor = wm - retention;
+    long long counted = 0, duplicates = 0, late = 0;
+    long long current = 0;
+    int have_current = 0;
+    PyObject *seen = NULL, *users = NULL, *orgs = NULL; /* owned: the current minute's dicts */
+    PyObject *minute_obj = NULL;                          /* owned */
+    PyObject *total = NULL;                               /* owned, per event */
+
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *event = PyList_GET_ITEM(events, i);
+        if (!PyDict_Check(event)) {
+            PyErr_SetString(PyExc_TypeError, "fold: an event must be a dict");
+            goto error;
+        }
+        PyObject *ts_obj = field(event, k_ts);
+        if (ts_obj == NULL) {
+            goto error;
+        }
+        long long ts = PyLong_AsLongLong(ts_obj);
+        if (ts == -1 && PyErr_Occurred()) {
+            goto error;
+        }
+        if (ts > wm) {
+            wm = ts;
+            floor = wm - retention;
+        } else if (ts < floor) {
+            late++;
+            continue;
+        }
+        long long minute = ts / MINUTE_MS - ((ts % MINUTE_MS) < 0); /* floor division, as Python's // */
+        if (!have_current || minute != current) {
+            have_current = 1;
+            current = minute;
+            Py_CLEAR(seen);
+            Py_CLEAR(users);
+            Py_CLEAR(orgs);
+            Py_XDECREF(minute_obj);
+            minute_obj = PyLong_FromLongLong(minute);
+            if (minute_obj == NULL) {
+                goto error;
+            }
+            if ((seen = dict_at(seen_by_minute, minute_obj)) == NULL || (users = dict_at(pending, minute_obj)) == NULL ||
+                (orgs = dict_at(pending_orgs, minute_obj)) == NULL) {
+                goto error;
+            }
+        }
+        PyObject *event_id = field(event, k_event_id);
+        PyObject *user = event_id != NULL ? field(event, k_user_id) : NULL;
+        if (user == NULL) {
+            goto error;
+        }
+        PyObject *prev = PyDict_GetItemWithError(seen, event_id);
+        if (prev == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            PyObject *same = PyDict_GetItemWithError(canon, user);
+            if (same == NULL) {
+                if (PyErr_Occurred() || PyDict_SetItem(canon, user, user) < 0) {
+                    goto error;
+                }
+                same = user;
+            }
+            if (PyDict_SetItem(seen, event_id, same) < 0) {
+                goto error;
+            }
+        } else {
+            int equal = PyObject_RichCompareBool(prev, user, Py_EQ);
+            if (equal < 0) {
+                goto error;
+            }
+            if (!equal) {
+                PyObject *r = PyObject_CallFunctionObjArgs(shared_seen, minute_obj, user, event_id, NULL);
+                if (r == NULL) {
+                    goto error;
+                }
+                equal = PyObject_IsTrue(r);
+                Py_DECREF(r);
+                if (equal < 0) {
+                    goto error;
+                }
+            }
+            if (equal) {
+                duplicates++;
+                continue;
+            }
+        }
+        PyObject *values[7];
+        values[0] = one;
+        if ((values[1] = field(event, k_input)) == NULL || (values[2] = field(event, k_output)) == NULL ||
+            (values[3] = field(event, k_cache_read)) == NULL || (values[4] = field(event, k_cache_write)) == NULL ||
+            (values[6] = field(event, k_cost)) == NULL) {
+            goto error;
+        }
+        total = PyNumber_Add(values[1], values[2]);
+        for (int j = 3; j <= 4 && total != NULL; j++) {
+            PyObject *sum = PyNumber_Add(total, values[j]);
+            Py_DECREF(total);
+            total = sum;
+        }
+        if (total == NULL) {
+            goto error;
+        }
+        values[5] = total;
+        PyObject *acc = PyDict_GetItemWithError(users, user);
+        if (acc == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            PyObject *bucket = new_bucket(values, event_id);
+            if (bucket == NULL) {
+                goto error;
+            }
+            int rc = PyDict_SetItem(users, user, bucket);
+            Py_DECREF(bucket);
+            if (rc < 0) {
+                goto error;
+            }
+        } else if (add_sums(acc, values) < 0 || PyList_Append(acc, event_id) < 0) {
+            goto error;
+        }
+        PyObject *org = field(event, k_org_id);
+        if (org == NULL) {
+            goto error;
+        }
+        acc = PyDict_GetItemWithError(orgs, org);
+        if (acc == NULL) {
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+            PyObject *bucket = new_bucket(values, NULL);
+            if (bucket == NULL) {
+                goto error;
+            }
+            int rc = PyDict_SetItem(orgs, org, bucket);
+            Py_DECREF(bucket);
+            if (rc < 0) {
+                goto error;
+            }
+        } else if (add_sums(acc, values) < 0) {
+            goto error;
+        }
+        Py_CLEAR(total);
+        counted++;
+    }
+    Py_XDECREF(seen);
+    Py_XDECREF(users);
+    Py_XDECREF(orgs);
+    Py_XDECREF(minute_obj);
+    return Py_BuildValue("(LLLL)", counted, duplicates, late, wm);
+
+error:
+    Py_XDECREF(total);
+    Py_XDECREF(seen);
+    Py_XDECREF(users);
+    Py_XDECREF(orgs);
+    Py_XDECREF(minute_obj);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"fold", fold, METH_VARARGS, "Fold one envelope's events into a partition's pending windows (see windows.py)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fold", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__fold(void) {
+    if ((k_ts = PyUnicode_InternFromString("ts_ms")) == NULL ||
+        (k_event_id = PyUnicode_InternFromString("event_id")) == NULL ||
+        (k_user_id = PyUnicode_InternFromString("user_id")) == NULL ||
+        (k_org_id = PyUnicode_InternFromString("org_id")) == NULL ||
+        (k_input = PyUnicode_InternFromString("input_tokens")) == NULL ||
+        (k_output = PyUnicode_InternFromString("output_tokens")) == NULL ||
+        (k_cache_read = PyUnicode_InternFromString("cache_read_tokens")) == NULL ||
+        (k_cache_write = PyUnicode_InternFromString("cache_write_tokens")) == NULL ||
+        (k_cost = PyUnicode_InternFromString("cost_nanos")) == NULL || (one = PyLong_FromLong(1)) == NULL) {
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,81 @@
+"""The C fold (stream_processors/_fold.c) against its reference, UserWindows._fold_py.
+
+Both must leave exactly the same state for the same events: counts, watermark,
+ids seen per minute, pending user and org buckets, canonical user strings and
+ids counted for two users. Skipped only where the C module was not built (no C
+compiler at install time); CI builds it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from stream_processors import windows as w
+
+pytestmark = pytest.mark.skipif(w._fold_c is None, reason="stream_processors._fold was not built (no C compiler)")
+
+T0 = 1_795_425_300_000
+HOUR = 3_600_000
+
+
+def state_of(windows: w.UserWindows) -> tuple[Any, ...]:
+    return (windows.watermark_ms, windows.seen, windows.pending, windows.pending_orgs, windows.users,
+            windows.shared_ids, windows.sealed, windows.unsealed)
+
+
+def random_envelopes(rng: random.Random, n: int) -> list[list[dict[str, Any]]]:
+    """Envelopes with re-sent events, ids shared by two users, late and out-of-order events."""
+    pool: list[dict[str, Any]] = []
+    envelopes = []
+    for _ in range(n):
+        envelope = []
+        for _ in range(rng.randrange(0, 40)):
+            roll = rng.random()
+            if pool and roll < 0.15:
+                event = rng.choice(pool)  # re-sent
+            elif pool and roll < 0.2:
+                event = {**rng.choice(pool), "user_id": f"u{rng.randrange(9)}"}  # the same id, another user
+            else:
+                ts = T0 + rng.randrange(-30 * HOUR, 3 * HOUR) if rng.random() < 0.1 else \
+                    T0 + len(pool) * 1_000 + rng.randrange(-120_000, 120_000)
+                event = {"event_id": f"e{len(pool)}", "ts_ms": ts, "user_id": f"u{rng.randrange(9)}",
+                         "org_id": rng.choice(["a", "a/b", "c"]), "input_tokens": rng.randrange(10**7),
+                         "output_tokens": rng.randrange(1000), "cache_read_tokens": rng.randrange(10**6),
+                         "cache_write_tokens": rng.randrange(100), "cost_nanos": rng.randrange(10**12)}
+                pool.append(event)
+            envelope.append(event)
+        envelopes.append(envelope)
+    return envelopes
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_c_fold_leaves_the_same_state_as_the_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(seed)
+    envelopes = random_envelopes(rng, 60)
+    in_c = w.UserWindows(1, T0, 26 * HOUR)
+    in_python = w.UserWindows(1, T0, 26 * HOUR)
+    for envelope in envelopes:
+        monkeypatch.setattr(w, "USE_C_FOLD", True)
+        got = in_c.fold(envelope)
+        monkeypatch.setattr(w, "USE_C_FOLD", False)
+        assert got == in_python.fold(envelope)
+        assert state_of(in_c) == state_of(in_python)
+        if rng.random() < 0.2:  # batch boundaries: deltas taken, minutes expired
+            assert in_c.take_deltas(0, 1) == in_python.take_deltas(0, 1)
+            assert in_c.expire() == in_python.expire()
+    assert sum(len(s) for s in in_c.shared_ids.values()) > 0  # the rare path was taken
+
+
+def test_c_fold_refuses_bad_events_without_crashing() -> None:
+    good = {"event_id": "e1", "ts_ms": T0, "user_id": "u", "org_id": "o", "input_tokens": 1, "output_tokens": 2,
+            "cache_read_tokens": 3, "cache_write_tokens": 4, "cost_nanos": 5}
+    windows = w.UserWindows(0, T0, HOUR)
+    for bad, error in [({**good, "ts_ms": "soon"}, TypeError), ({k: v for k, v in good.items() if k != "user_id"},
+                       KeyError), ({**good, "input_tokens": None}, TypeError), (7, TypeError),
+                       ({**good, "ts_ms": 2**70}, OverflowError)]:
+        with pytest.raises(error):
+            w._fold_c.fold([bad], T0, HOUR, {}, {}, {}, {}, windows._shared_seen)
+    assert windows.fold([good, good]) == (1, 1, 0)
