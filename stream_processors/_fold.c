@@ -271,8 +271,110 @@ error:
     return NULL;
 }
 
+/* add_org_sums(out, per_minute, source, cache, prefixes) -> None: windows.add_org_sums
+ * (reference: windows._add_org_sums_py). ``cache`` maps an org id to the list
+ * of its prefixes; ``prefixes(org_id)`` makes a missing one. */
+static PyObject *add_org_sums(PyObject *module, PyObject *args) {
+    PyObject *out, *per_minute, *source, *cache, *prefixes_fn;
+    if (!PyArg_ParseTuple(args, "O!O!OO!O:add_org_sums", &PyDict_Type, &out, &PyDict_Type, &per_minute, &source,
+                          &PyDict_Type, &cache, &prefixes_fn)) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *minute, *orgs;
+    while (PyDict_Next(per_minute, &pos, &minute, &orgs)) {
+        if (!PyDict_Check(orgs)) {
+            PyErr_SetString(PyExc_TypeError, "add_org_sums: org sums per minute must be dicts");
+            return NULL;
+        }
+        Py_ssize_t pos2 = 0;
+        PyObject *org_id, *sums;
+        while (PyDict_Next(orgs, &pos2, &org_id, &sums)) {
+            if (!PyList_Check(sums) || PyList_GET_SIZE(sums) < 7) {
+                PyErr_SetString(PyExc_TypeError, "add_org_sums: sums must be lists of 7");
+                return NULL;
+            }
+            PyObject *prefixes = PyDict_GetItemWithError(cache, org_id);
+            if (prefixes != NULL) {
+                Py_INCREF(prefixes);
+            } else {
+                if (PyErr_Occurred()) {
+                    return NULL;
+                }
+                PyObject *made = PyObject_CallOneArg(prefixes_fn, org_id);
+                if (made == NULL) {
+                    return NULL;
+                }
+                prefixes = PySequence_List(made);
+                Py_DECREF(made);
+                if (prefixes == NULL || PyDict_SetItem(cache, org_id, prefixes) < 0) {
+                    Py_XDECREF(prefixes);
+                    return NULL;
+                }
+            }
+            /* prefixes: owned, a list */
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(prefixes); i++) {
+                PyObject *org = PyList_GET_ITEM(prefixes, i);
+                PyObject *by_minute = dict_at(out, org); /* new reference */
+                if (by_minute == NULL) {
+                    Py_DECREF(prefixes);
+                    return NULL;
+                }
+                PyObject *entry = PyDict_GetItemWithError(by_minute, minute);
+                int failed = 0;
+                if (entry == NULL) {
+                    entry = PyErr_Occurred() ? NULL : PyList_New(9);
+                    if (entry == NULL) {
+                        failed = 1;
+                    } else {
+                        Py_INCREF(minute);
+                        PyList_SET_ITEM(entry, 0, minute);
+                        for (Py_ssize_t j = 0; j < 7; j++) {
+                            PyObject *value = PyList_GET_ITEM(sums, j);
+                            Py_INCREF(value);
+                            PyList_SET_ITEM(entry, j + 1, value);
+                        }
+                        Py_INCREF(source);
+                        PyList_SET_ITEM(entry, 8, source);
+                        failed = PyDict_SetItem(by_minute, minute, entry) < 0;
+                        Py_DECREF(entry);
+                    }
+                } else if (!PyList_Check(entry) || PyList_GET_SIZE(entry) < 9) {
+                    PyErr_SetString(PyExc_TypeError, "add_org_sums: entries must be lists of 9");
+                    failed = 1;
+                } else {
+                    PyObject *old = PyList_GET_ITEM(entry, 8);
+                    PyObject *merged = PyNumber_Or(old, source);
+                    if (merged == NULL) {
+                        failed = 1;
+                    } else {
+                        PyList_SET_ITEM(entry, 8, merged);
+                        Py_DECREF(old);
+                    }
+                    for (Py_ssize_t j = 0; j < 7 && !failed; j++) {
+                        old = PyList_GET_ITEM(entry, j + 1);
+                        if (add_at(entry, j + 1, PyList_GET_ITEM(sums, j)) < 0) {
+                            failed = 1;
+                        } else {
+                            Py_DECREF(old);
+                        }
+                    }
+                }
+                Py_DECREF(by_minute);
+                if (failed) {
+                    Py_DECREF(prefixes);
+                    return NULL;
+                }
+            }
+            Py_DECREF(prefixes);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"fold", fold, METH_VARARGS, "Fold one envelope's events into a partition's pending windows (see windows.py)."},
+    {"add_org_sums", add_org_sums, METH_VARARGS, "Org sums per org id -> per org prefix (see windows.py)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -326,7 +326,20 @@ def _user_items(users: list[dict[str, list[Any]]] | dict[str, list[Any]]) -> Ite
 def add_org_sums(out: OrgSums, per_minute: PerMinuteOrgs, source: int = 1) -> None:
     """Add one source batch's sums per (org id, minute) into sums per (org prefix,
     minute), as entries ``[minute, *sums, sources]``: every prefix of an org is an
-    org. ``source`` is the batch's bit in ``sources``: which batches an entry sums."""
+    org. ``source`` is the batch's bit in ``sources``: which batches an entry sums.
+    In C where ``_fold.c`` was built (``_add_org_sums_py`` is the reference)."""
+    if _fold_c is not None and USE_C_FOLD:
+        if len(_prefix_lists) > MAX_CANON_USERS:
+            _prefix_lists.clear()  # bounded; they are made again on demand
+        _fold_c.add_org_sums(out, per_minute, source, _prefix_lists, org_prefixes)
+    else:
+        _add_org_sums_py(out, per_minute, source)
+
+
+_prefix_lists: dict[str, list[str]] = {}  # org id -> its prefixes, for the C add_org_sums
+
+
+def _add_org_sums_py(out: OrgSums, per_minute: PerMinuteOrgs, source: int) -> None:
     for minute, orgs in per_minute.items():
         for org_id, sums in orgs.items():
             for org in _prefixes(org_id):

@@ -1,4 +1,5 @@
-"""The C fold (stream_processors/_fold.c) against its reference, UserWindows._fold_py.
+"""The C fold (stream_processors/_fold.c) against its references: UserWindows._fold_py
+and windows._add_org_sums_py.
 
 Both must leave exactly the same state for the same events: counts, watermark,
 ids seen per minute, pending user and org buckets, canonical user strings and
@@ -57,16 +58,25 @@ def test_c_fold_leaves_the_same_state_as_the_reference(seed: int, monkeypatch: p
     envelopes = random_envelopes(rng, 60)
     in_c = w.UserWindows(1, T0, 26 * HOUR)
     in_python = w.UserWindows(1, T0, 26 * HOUR)
+    sums_c: w.OrgSums = {}
+    sums_python: w.OrgSums = {}
     for envelope in envelopes:
         monkeypatch.setattr(w, "USE_C_FOLD", True)
         got = in_c.fold(envelope)
         monkeypatch.setattr(w, "USE_C_FOLD", False)
         assert got == in_python.fold(envelope)
         assert state_of(in_c) == state_of(in_python)
-        if rng.random() < 0.2:  # batch boundaries: deltas taken, minutes expired
-            assert in_c.take_deltas(0, 1) == in_python.take_deltas(0, 1)
+        if rng.random() < 0.2:  # batch boundaries: deltas taken, minutes expired, org sums by prefix
+            records, orgs = in_c.take_deltas(0, 1)
+            assert (records, orgs) == in_python.take_deltas(0, 1)
             assert in_c.expire() == in_python.expire()
+            source = 1 << rng.randrange(3)
+            monkeypatch.setattr(w, "USE_C_FOLD", True)
+            w.add_org_sums(sums_c, orgs, source)
+            w._add_org_sums_py(sums_python, orgs, source)
+            assert sums_c == sums_python
     assert sum(len(s) for s in in_c.shared_ids.values()) > 0  # the rare path was taken
+    assert sums_c and any(e[8] not in (1, 2, 4) for by_minute in sums_c.values() for e in by_minute.values())
 
 
 def test_c_fold_refuses_bad_events_without_crashing() -> None:
@@ -79,3 +89,13 @@ def test_c_fold_refuses_bad_events_without_crashing() -> None:
         with pytest.raises(error):
             w._fold_c.fold([bad], T0, HOUR, {}, {}, {}, {}, windows._shared_seen)
     assert windows.fold([good, good]) == (1, 1, 0)
+
+
+def test_c_add_org_sums_refuses_bad_input_without_crashing() -> None:
+    with pytest.raises(TypeError):
+        w._fold_c.add_org_sums({}, {1: {"a": [1, 2]}}, 1, {}, w.org_prefixes)
+    with pytest.raises(TypeError):
+        w._fold_c.add_org_sums({"a": {1: [1]}}, {1: {"a": [1] * 7}}, 1, {}, w.org_prefixes)
+    out: w.OrgSums = {}
+    w._fold_c.add_org_sums(out, {1: {"a/b": [1] * 7}}, 2, {}, w.org_prefixes)
+    assert out == {"a": {1: [1, 1, 1, 1, 1, 1, 1, 1, 2]}, "a/b": {1: [1, 1, 1, 1, 1, 1, 1, 1, 2]}}
