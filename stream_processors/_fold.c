@@ -372,7 +372,144 @@ static PyObject *add_org_sums(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* org_apply(entries, tags, open_record, span) -> (newest minute or -1, conflicts):
+ * the per-entry loop of windows.OrgFold.apply (reference: OrgFold._apply_py).
+ * tags: [(bit, source partition as str, offset)]; open_record(first minute)
+ * returns the (copied) slots list of the record holding that minute. */
+static PyObject *org_apply(PyObject *module, PyObject *args) {
+    PyObject *entries, *tags, *open_record;
+    long long span;
+    if (!PyArg_ParseTuple(args, "O!O!OL:org_apply", &PyList_Type, &entries, &PyList_Type, &tags, &open_record,
+                          &span)) {
+        return NULL;
+    }
+    if (span <= 0 || PyList_GET_SIZE(tags) > 62) {
+        PyErr_SetString(PyExc_ValueError, "org_apply: bad span or too many tags");
+        return NULL;
+    }
+    Py_ssize_t n_tags = PyList_GET_SIZE(tags);
+    long long bits[62];
+    PyObject *parts[62], *offsets[62]; /* borrowed from tags */
+    for (Py_ssize_t t = 0; t < n_tags; t++) {
+        PyObject *tag = PyList_GET_ITEM(tags, t);
+        if (!PyTuple_Check(tag) || PyTuple_GET_SIZE(tag) != 3) {
+            PyErr_SetString(PyExc_TypeError, "org_apply: a tag is (bit, partition, offset)");
+            return NULL;
+        }
+        bits[t] = PyLong_AsLongLong(PyTuple_GET_ITEM(tag, 0));
+        if (bits[t] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        parts[t] = PyTuple_GET_ITEM(tag, 1);
+        offsets[t] = PyTuple_GET_ITEM(tag, 2);
+    }
+    long long newest = -1, current = 0, conflicts = 0;
+    int have_current = 0;
+    PyObject *slots = NULL; /* owned */
+    Py_ssize_t n = PyList_GET_SIZE(entries);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *entry = PyList_GET_ITEM(entries, i);
+        if (!PyList_Check(entry) || PyList_GET_SIZE(entry) < 9) {
+            PyErr_SetString(PyExc_TypeError, "org_apply: an entry is [minute, 7 sums, sources]");
+            goto error;
+        }
+        long long minute = PyLong_AsLongLong(PyList_GET_ITEM(entry, 0));
+        long long sources = minute == -1 && PyErr_Occurred() ? 0 : PyLong_AsLongLong(PyList_GET_ITEM(entry, 8));
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+        long long first = minute - (((minute % span) + span) % span);
+        if (!have_current || first != current) {
+            have_current = 1;
+            current = first;
+            Py_XDECREF(slots);
+            slots = PyObject_CallFunction(open_record, "L", first);
+            if (slots == NULL) {
+                goto error;
+            }
+            if (!PyList_Check(slots) || PyList_GET_SIZE(slots) != span) {
+                PyErr_SetString(PyExc_TypeError, "org_apply: a record is a list of span slots");
+                goto error;
+            }
+        }
+        if (minute > newest) {
+            newest = minute;
+        }
+        Py_ssize_t slot = (Py_ssize_t)(minute - first);
+        PyObject *bucket = PyList_GET_ITEM(slots, slot);
+        if (bucket == Py_None) {
+            bucket = PyList_New(8);
+            if (bucket == NULL) {
+                goto error;
+            }
+            for (Py_ssize_t j = 0; j < 7; j++) {
+                PyObject *zero = PyLong_FromLong(0);
+                if (zero == NULL) {
+                    Py_DECREF(bucket);
+                    goto error;
+                }
+                PyList_SET_ITEM(bucket, j, zero);
+            }
+            PyObject *applied = PyDict_New();
+            if (applied == NULL) {
+                Py_DECREF(bucket);
+                goto error;
+            }
+            PyList_SET_ITEM(bucket, 7, applied);
+            PyList_SetItem(slots, slot, bucket); /* steals; drops the None */
+        } else if (!PyList_Check(bucket) || PyList_GET_SIZE(bucket) < 8 || !PyDict_Check(PyList_GET_ITEM(bucket, 7))) {
+            PyErr_SetString(PyExc_TypeError, "org_apply: a bucket is [7 sums, applied]");
+            goto error;
+        }
+        PyObject *applied = PyList_GET_ITEM(bucket, 7);
+        Py_ssize_t mine = 0, seen = 0;
+        for (Py_ssize_t t = 0; t < n_tags; t++) {
+            if (!(sources & bits[t])) {
+                continue;
+            }
+            mine++;
+            PyObject *done = PyDict_GetItemWithError(applied, parts[t]);
+            if (done == NULL) {
+                if (PyErr_Occurred()) {
+                    goto error;
+                }
+                continue;
+            }
+            int ge = PyObject_RichCompareBool(done, offsets[t], Py_GE);
+            if (ge < 0) {
+                goto error;
+            }
+            seen += ge;
+        }
+        if (seen) {
+            if (seen != mine) {
+                conflicts++;
+            }
+            continue; /* applied before (a re-sent delta after a crash) */
+        }
+        for (Py_ssize_t t = 0; t < n_tags; t++) {
+            if ((sources & bits[t]) && PyDict_SetItem(applied, parts[t], offsets[t]) < 0) {
+                goto error;
+            }
+        }
+        for (Py_ssize_t j = 0; j < 7; j++) {
+            PyObject *old = PyList_GET_ITEM(bucket, j);
+            if (add_at(bucket, j, PyList_GET_ITEM(entry, j + 1)) < 0) {
+                goto error;
+            }
+            Py_DECREF(old);
+        }
+    }
+    Py_XDECREF(slots);
+    return Py_BuildValue("(LL)", newest, conflicts);
+
+error:
+    Py_XDECREF(slots);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"org_apply", org_apply, METH_VARARGS, "Apply one org-delta message's entries (see windows.OrgFold)."},
     {"fold", fold, METH_VARARGS, "Fold one envelope's events into a partition's pending windows (see windows.py)."},
     {"add_org_sums", add_org_sums, METH_VARARGS, "Org sums per org id -> per org prefix (see windows.py)."},
     {NULL, NULL, 0, NULL},

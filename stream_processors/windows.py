@@ -396,7 +396,7 @@ def resend_org_deltas(partition: int, stored: Iterable[tuple[str, bytes]], deliv
 
 
 class OrgFold:
-    """One batch of org-delta messages applied to org-window records, each record copied once.
+    """One batch of org-delta messages applied to org-window records.
 
     A record holds one slot per minute of its hour: ``None``, or the minute's
     bucket, ``N_SUMS`` sums then ``{source partition: last applied source
@@ -410,9 +410,13 @@ class OrgFold:
     after a crash with other boundaries can tag one minute of an hour with an
     offset lower than another minute's.)
 
-    ``lookup.get(key)`` returns the stored record (never mutated). ``buckets``
-    then holds the batch's changed records with the partition they belong to,
-    ``new`` the (partition, key, last minute) of records not stored before.
+    ``lookup.get(key)`` returns the stored record, which is updated in place
+    (copying whole records cost more than applying the entries): the agent
+    writes every record it touched to the changelog before it acks the batch,
+    and a failure exits the process, whose state then comes back from the
+    changelog, so no half-applied batch survives. ``buckets`` then holds the
+    batch's records with the partition they belong to, ``new`` the
+    (partition, key, last minute) of records not stored before.
     """
 
     def __init__(self, lookup: Any) -> None:
@@ -422,35 +426,50 @@ class OrgFold:
         self.conflicts = 0
 
     def apply(self, partition: int, message: OrgMessage) -> int:
-        """Apply one org-delta message; -> the newest minute end it touched (ms), for the watermark."""
+        """Apply one org-delta message; -> the newest minute end it touched (ms), for the watermark.
+        The per-entry loop runs in C where ``_fold.c`` was built (``_apply_py`` is the reference)."""
         raw_tags = message["tags"]
         # JSON object keys are strings in the changelog
         tags = [(1 << (i // 2), str(raw_tags[i]), raw_tags[i + 1]) for i in range(0, len(raw_tags), 2)]
-        by_sources: dict[int, list[tuple[str, int]]] = {}  # an entry's sources -> its (partition, offset) tags
         prefix = f"o{SEP}{message['org']}{SEP}"
+        entries = message["entries"]
+        if _fold_c is not None and USE_C_FOLD and type(entries) is list and len(tags) <= 62:
+            newest, conflicts = _fold_c.org_apply(entries, tags, lambda first: self._open(partition, prefix, first),
+                                                  ORG_RECORD_MINUTES)
+            self.conflicts += conflicts
+        else:
+            newest = self._apply_py(partition, prefix, tags, entries)
+        return (newest + 1) * MINUTE_MS - 1 if newest >= 0 else 0
+
+    def _open(self, partition: int, prefix: str, first: int) -> list[Any]:
+        """The slots of the record whose hour starts at minute ``first`` (the stored list itself)."""
+        key = prefix + str(first)
+        hit = self.buckets.get(key)
+        if hit is not None:
+            return hit[1]
+        stored = self.lookup.get(key)
+        if stored:
+            slots = stored
+        else:
+            slots = [None] * ORG_RECORD_MINUTES
+            self.new.append((partition, key, first + ORG_RECORD_MINUTES - 1))
+        self.buckets[key] = (partition, slots)
+        return slots
+
+    def _apply_py(self, partition: int, prefix: str, tags: list[tuple[int, str, int]],
+                  entries: Iterable[list[int]]) -> int:
+        """``apply``'s loop in Python: what ``_fold.c`` does, entry for entry; -> the newest minute or -1."""
+        by_sources: dict[int, list[tuple[str, int]]] = {}  # an entry's sources -> its (partition, offset) tags
         span = ORG_RECORD_MINUTES
-        buckets = self.buckets
-        lookup = self.lookup
-        current = -1
+        current: int | None = None
         slots: list[Any] = []
         newest = -1
-        for entry in message["entries"]:
+        for entry in entries:
             minute = entry[0]
             first = minute - minute % span
             if first != current:
                 current = first
-                key = prefix + str(first)
-                hit = buckets.get(key)
-                if hit is None:
-                    stored = lookup.get(key)
-                    if stored:
-                        slots = [None if b is None else [*b[:N_SUMS], dict(b[N_SUMS])] for b in stored]
-                    else:
-                        slots = [None] * span
-                        self.new.append((partition, key, first + span - 1))
-                    buckets[key] = (partition, slots)
-                else:
-                    slots = hit[1]
+                slots = self._open(partition, prefix, first)
             if minute > newest:
                 newest = minute
             bucket = slots[minute - first]
@@ -478,7 +497,7 @@ class OrgFold:
             bucket[4] += entry[5]
             bucket[5] += entry[6]
             bucket[6] += entry[7]
-        return (newest + 1) * MINUTE_MS - 1 if newest >= 0 else 0
+        return newest
 
 
 class ExpiryIndex:
