@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, NoReturn
 
 import orjson
@@ -380,9 +380,13 @@ class InOrder:
         self.stopping = stopping
         self.last: asyncio.Future[None] | None = None
 
-    async def then(self, work: Awaitable[None]) -> None:
-        if self.last is not None:
-            await asyncio.shield(self.last)  # a cancelled caller must not cancel the writes
+    async def then(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            if self.last is not None:
+                await asyncio.shield(self.last)  # a cancelled caller must not cancel the writes
+        except BaseException:
+            work.close()  # never started: its batch is not acked, so it is replayed
+            raise
         self.last = asyncio.ensure_future(work)
         self.last.add_done_callback(self._check)
 
