@@ -60,26 +60,20 @@ static PyObject *dict_at(PyObject *mapping, PyObject *key) {
     return inner;
 }
 
-/* sums[i] += value for one list item (a new int object, as Python's += makes). */
-static int add_at(PyObject *sums, Py_ssize_t i, PyObject *value) {
-    PyObject *total = PyNumber_Add(PyList_GET_ITEM(sums, i), value);
-    if (total == NULL) {
-        return -1;
-    }
-    PyList_SET_ITEM(sums, i, total);
-    return 0;
-}
-
-static int add_sums(PyObject *sums, PyObject *const values[7]) {
-    if (!PyList_Check(sums) || PyList_GET_SIZE(sums) < 7) {
+/* target[at + i] += values[i] for i in 0..6, each a new int object as Python's
+ * += makes; target must be a list of at least at + 7 items. */
+static int add_into(PyObject *target, Py_ssize_t at, PyObject *const *values) {
+    if (!PyList_Check(target) || PyList_GET_SIZE(target) < at + 7) {
         PyErr_SetString(PyExc_TypeError, "fold: a bucket must be a list of at least 7 sums");
         return -1;
     }
     for (Py_ssize_t i = 0; i < 7; i++) {
-        PyObject *old = PyList_GET_ITEM(sums, i);
-        if (add_at(sums, i, values[i]) < 0) {
+        PyObject *old = PyList_GET_ITEM(target, at + i);
+        PyObject *total = PyNumber_Add(old, values[i]);
+        if (total == NULL) {
             return -1;
         }
+        PyList_SET_ITEM(target, at + i, total);
         Py_DECREF(old);
     }
     return 0;
@@ -100,6 +94,28 @@ static PyObject *new_bucket(PyObject *const values[7], PyObject *event_id) {
         PyList_SET_ITEM(bucket, 7, event_id);
     }
     return bucket;
+}
+
+/* buckets[key] += values (a new bucket when missing); with event_id, the
+ * bucket also lists the ids it counted. */
+static int accumulate(PyObject *buckets, PyObject *key, PyObject *const values[7], PyObject *event_id) {
+    PyObject *acc = PyDict_GetItemWithError(buckets, key);
+    if (acc == NULL) {
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+        PyObject *bucket = new_bucket(values, event_id);
+        if (bucket == NULL) {
+            return -1;
+        }
+        int rc = PyDict_SetItem(buckets, key, bucket);
+        Py_DECREF(bucket);
+        return rc;
+    }
+    if (add_into(acc, 0, values) < 0) {
+        return -1;
+    }
+    return event_id != NULL ? PyList_Append(acc, event_id) : 0;
 }
 
 static PyObject *fold(PyObject *module, PyObject *args) {
@@ -215,42 +231,11 @@ static PyObject *fold(PyObject *module, PyObject *args) {
             goto error;
         }
         values[5] = total;
-        PyObject *acc = PyDict_GetItemWithError(users, user);
-        if (acc == NULL) {
-            if (PyErr_Occurred()) {
-                goto error;
-            }
-            PyObject *bucket = new_bucket(values, event_id);
-            if (bucket == NULL) {
-                goto error;
-            }
-            int rc = PyDict_SetItem(users, user, bucket);
-            Py_DECREF(bucket);
-            if (rc < 0) {
-                goto error;
-            }
-        } else if (add_sums(acc, values) < 0 || PyList_Append(acc, event_id) < 0) {
+        if (accumulate(users, user, values, event_id) < 0) {
             goto error;
         }
-        PyObject *org = field(event, k_org_id);
-        if (org == NULL) {
-            goto error;
-        }
-        acc = PyDict_GetItemWithError(orgs, org);
-        if (acc == NULL) {
-            if (PyErr_Occurred()) {
-                goto error;
-            }
-            PyObject *bucket = new_bucket(values, NULL);
-            if (bucket == NULL) {
-                goto error;
-            }
-            int rc = PyDict_SetItem(orgs, org, bucket);
-            Py_DECREF(bucket);
-            if (rc < 0) {
-                goto error;
-            }
-        } else if (add_sums(acc, values) < 0) {
+        PyObject *org = field(event, k_org_id); /* read after the user bucket, as in _fold_py */
+        if (org == NULL || accumulate(orgs, org, values, NULL) < 0) {
             goto error;
         }
         Py_CLEAR(total);
@@ -351,14 +336,7 @@ static PyObject *add_org_sums(PyObject *module, PyObject *args) {
                         PyList_SET_ITEM(entry, 8, merged);
                         Py_DECREF(old);
                     }
-                    for (Py_ssize_t j = 0; j < 7 && !failed; j++) {
-                        old = PyList_GET_ITEM(entry, j + 1);
-                        if (add_at(entry, j + 1, PyList_GET_ITEM(sums, j)) < 0) {
-                            failed = 1;
-                        } else {
-                            Py_DECREF(old);
-                        }
-                    }
+                    failed = failed || add_into(entry, 1, PySequence_Fast_ITEMS(sums)) < 0;
                 }
                 Py_DECREF(by_minute);
                 if (failed) {
@@ -492,12 +470,8 @@ static PyObject *org_apply(PyObject *module, PyObject *args) {
                 goto error;
             }
         }
-        for (Py_ssize_t j = 0; j < 7; j++) {
-            PyObject *old = PyList_GET_ITEM(bucket, j);
-            if (add_at(bucket, j, PyList_GET_ITEM(entry, j + 1)) < 0) {
-                goto error;
-            }
-            Py_DECREF(old);
+        if (add_into(bucket, 0, PySequence_Fast_ITEMS(entry) + 1) < 0) {
+            goto error;
         }
     }
     Py_XDECREF(slots);

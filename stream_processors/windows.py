@@ -36,7 +36,6 @@ is counted, and the sink stores it in history like any other event.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -328,21 +327,24 @@ def add_org_sums(out: OrgSums, per_minute: PerMinuteOrgs, source: int = 1) -> No
     minute), as entries ``[minute, *sums, sources]``: every prefix of an org is an
     org. ``source`` is the batch's bit in ``sources``: which batches an entry sums.
     In C where ``_fold.c`` was built (``_add_org_sums_py`` is the reference)."""
+    if len(_prefix_lists) > MAX_CANON_USERS:
+        _prefix_lists.clear()  # bounded; they are made again on demand
     if _fold_c is not None and USE_C_FOLD:
-        if len(_prefix_lists) > MAX_CANON_USERS:
-            _prefix_lists.clear()  # bounded; they are made again on demand
         _fold_c.add_org_sums(out, per_minute, source, _prefix_lists, org_prefixes)
     else:
         _add_org_sums_py(out, per_minute, source)
 
 
-_prefix_lists: dict[str, list[str]] = {}  # org id -> its prefixes, for the C add_org_sums
+_prefix_lists: dict[str, list[str]] = {}  # org id -> its prefixes (org_prefixes), for both add_org_sums
 
 
 def _add_org_sums_py(out: OrgSums, per_minute: PerMinuteOrgs, source: int) -> None:
     for minute, orgs in per_minute.items():
         for org_id, sums in orgs.items():
-            for org in _prefixes(org_id):
+            prefixes = _prefix_lists.get(org_id)
+            if prefixes is None:
+                prefixes = _prefix_lists[org_id] = org_prefixes(org_id)
+            for org in prefixes:
                 by_minute = out.get(org)
                 if by_minute is None:
                     by_minute = out[org] = {}
@@ -358,9 +360,6 @@ def _add_org_sums_py(out: OrgSums, per_minute: PerMinuteOrgs, source: int) -> No
                     entry[5] += sums[4]
                     entry[6] += sums[5]
                     entry[7] += sums[6]
-
-
-_prefixes = lru_cache(maxsize=1 << 16)(org_prefixes)
 
 
 def org_messages(sums: OrgSums, tags: list[int], chunk: int = 2000) -> list[OrgMessage]:
