@@ -118,6 +118,163 @@ static int accumulate(PyObject *buckets, PyObject *key, PyObject *const values[7
     return event_id != NULL ? PyList_Append(acc, event_id) : 0;
 }
 
+/* Org sums of one fold() call, in C integers.
+ *
+ * An envelope holds hundreds of events of a few minutes and a few orgs: adding
+ * each event's seven values into the org's Python bucket made seven new int
+ * objects per event, most of the fold's cost. Instead, the first event of a
+ * (minute, org) in a call goes into the Python bucket as before (so buckets
+ * are made in the same order as by _fold_py), and the rest are summed here in
+ * 64-bit integers and added to that bucket when the call ends, the table fills
+ * or a sum would overflow (the Python sums stay exact, whatever their size).
+ * Events whose values are not all plain ints that fit take the Python path.
+ */
+#define ORG_SLOTS 64      /* a power of 2 */
+#define ORG_SLOTS_MAX 40  /* flush all before the table gets fuller than this */
+
+typedef struct {
+    PyObject *org;    /* borrowed: the org id of an event of this call's list (alive for the call) */
+    Py_hash_t hash;
+    long long minute;
+    PyObject *bucket; /* owned: the Python bucket the sums are added to; NULL for a free slot */
+    long long sums[7];
+} org_slot;
+
+typedef struct {
+    org_slot slots[ORG_SLOTS];
+    int used;
+} org_table;
+
+/* Add a slot's C sums into its Python bucket and zero them. */
+static int flush_slot(org_slot *slot) {
+    if (slot->sums[0] == 0) {
+        return 0;
+    }
+    PyObject *values[7];
+    int made = 0, rc = -1;
+    for (; made < 7; made++) {
+        if ((values[made] = PyLong_FromLongLong(slot->sums[made])) == NULL) {
+            break;
+        }
+    }
+    if (made == 7) {
+        rc = add_into(slot->bucket, 0, values);
+    }
+    for (int i = 0; i < made; i++) {
+        Py_DECREF(values[i]);
+    }
+    memset(slot->sums, 0, sizeof slot->sums);
+    return rc;
+}
+
+/* Flush every slot and empty the table. On error, the rest are still
+ * released (the exception of the first failure is kept). */
+static int flush_table(org_table *table) {
+    int rc = 0;
+    for (int i = 0; i < ORG_SLOTS; i++) {
+        org_slot *slot = &table->slots[i];
+        if (slot->bucket == NULL) {
+            continue;
+        }
+        if (rc == 0 && flush_slot(slot) < 0) {
+            rc = -1;
+        }
+        Py_CLEAR(slot->bucket);
+    }
+    table->used = 0;
+    return rc;
+}
+
+/* The slot of (minute, org), or the free slot where it goes. */
+static org_slot *find_slot(org_table *table, long long minute, PyObject *org, Py_hash_t hash) {
+    size_t i = ((size_t)hash ^ ((size_t)minute * 0x9E3779B97F4A7C15ULL)) & (ORG_SLOTS - 1);
+    for (;;) {
+        org_slot *slot = &table->slots[i];
+        if (slot->bucket == NULL) {
+            return slot;
+        }
+        if (slot->hash == hash && slot->minute == minute &&
+            (slot->org == org || PyUnicode_Compare(slot->org, org) == 0)) {
+            return slot;
+        }
+        i = (i + 1) & (ORG_SLOTS - 1);
+    }
+}
+
+/* The event's seven values as C integers: 1 when they are all plain ints whose
+ * total and each fits in 64 bits, else 0 (the Python path). */
+static int values_in_c(PyObject *const values[7], long long out[7]) {
+    out[0] = 1;
+    for (int j = 1; j <= 6; j++) {
+        if (j == 5) {
+            continue;
+        }
+        if (!PyLong_CheckExact(values[j])) {
+            return 0;
+        }
+        int overflow = 0;
+        out[j] = PyLong_AsLongLongAndOverflow(values[j], &overflow);
+        if (overflow) {
+            return 0;
+        }
+    }
+    return !__builtin_add_overflow(out[1], out[2], &out[5]) && !__builtin_add_overflow(out[5], out[3], &out[5]) &&
+           !__builtin_add_overflow(out[5], out[4], &out[5]);
+}
+
+/* orgs[org] += the event's values: into the call's C sums when the (minute,
+ * org) already has a slot, else into the Python bucket (made when missing),
+ * which then gets a slot. */
+static int add_org(org_table *table, PyObject *orgs, long long minute, PyObject *org, PyObject *const values[7],
+                   const long long c_values[7]) {
+    if (!PyUnicode_CheckExact(org)) {
+        return accumulate(orgs, org, values, NULL);
+    }
+    Py_hash_t hash = PyObject_Hash(org);
+    if (hash == -1) {
+        return -1;
+    }
+    org_slot *slot = find_slot(table, minute, org, hash);
+    if (slot->bucket != NULL) {
+        long long sums[7];
+        for (int j = 0; j < 7; j++) {
+            if (__builtin_add_overflow(slot->sums[j], c_values[j], &sums[j])) {
+                if (flush_slot(slot) < 0) { /* then the event's values alone fit */
+                    return -1;
+                }
+                memcpy(sums, c_values, sizeof sums);
+                break;
+            }
+        }
+        memcpy(slot->sums, sums, sizeof sums);
+        return 0;
+    }
+    if (accumulate(orgs, org, values, NULL) < 0) {
+        return -1;
+    }
+    if (table->used >= ORG_SLOTS_MAX) {
+        if (flush_table(table) < 0) {
+            return -1;
+        }
+        slot = find_slot(table, minute, org, hash);
+    }
+    PyObject *bucket = PyDict_GetItemWithError(orgs, org);
+    if (bucket == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "fold: an org bucket vanished");
+        }
+        return -1;
+    }
+    Py_INCREF(bucket);
+    slot->bucket = bucket;
+    slot->org = org;
+    slot->hash = hash;
+    slot->minute = minute;
+    memset(slot->sums, 0, sizeof slot->sums);
+    table->used++;
+    return 0;
+}
+
 static PyObject *fold(PyObject *module, PyObject *args) {
     PyObject *events, *seen_by_minute, *pending, *pending_orgs, *canon, *shared_seen;
     long long wm, retention;
@@ -133,6 +290,8 @@ static PyObject *fold(PyObject *module, PyObject *args) {
     PyObject *seen = NULL, *users = NULL, *orgs = NULL; /* owned: the current minute's dicts */
     PyObject *minute_obj = NULL;                          /* owned */
     PyObject *total = NULL;                               /* owned, per event */
+    org_table table;
+    memset(&table, 0, sizeof table);
 
     Py_ssize_t n = PyList_GET_SIZE(events);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -221,11 +380,17 @@ static PyObject *fold(PyObject *module, PyObject *args) {
             (values[6] = field(event, k_cost)) == NULL) {
             goto error;
         }
-        total = PyNumber_Add(values[1], values[2]);
-        for (int j = 3; j <= 4 && total != NULL; j++) {
-            PyObject *sum = PyNumber_Add(total, values[j]);
-            Py_DECREF(total);
-            total = sum;
+        long long c_values[7];
+        int in_c = values_in_c(values, c_values);
+        if (in_c) {
+            total = PyLong_FromLongLong(c_values[5]);
+        } else {
+            total = PyNumber_Add(values[1], values[2]);
+            for (int j = 3; j <= 4 && total != NULL; j++) {
+                PyObject *sum = PyNumber_Add(total, values[j]);
+                Py_DECREF(total);
+                total = sum;
+            }
         }
         if (total == NULL) {
             goto error;
@@ -235,7 +400,10 @@ static PyObject *fold(PyObject *module, PyObject *args) {
             goto error;
         }
         PyObject *org = field(event, k_org_id); /* read after the user bucket, as in _fold_py */
-        if (org == NULL || accumulate(orgs, org, values, NULL) < 0) {
+        if (org == NULL) {
+            goto error;
+        }
+        if (in_c ? add_org(&table, orgs, minute, org, values, c_values) < 0 : accumulate(orgs, org, values, NULL) < 0) {
             goto error;
         }
         Py_CLEAR(total);
@@ -245,9 +413,24 @@ static PyObject *fold(PyObject *module, PyObject *args) {
     Py_XDECREF(users);
     Py_XDECREF(orgs);
     Py_XDECREF(minute_obj);
+    if (flush_table(&table) < 0) {
+        return NULL;
+    }
     return Py_BuildValue("(LLLL)", counted, duplicates, late, wm);
 
 error:
+    /* What was folded before the error stays folded, as in _fold_py. */
+    if (table.used) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (flush_table(&table) < 0) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+        } else {
+            PyErr_Restore(type, value, tb);
+        }
+    }
     Py_XDECREF(total);
     Py_XDECREF(seen);
     Py_XDECREF(users);

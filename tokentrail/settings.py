@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(2.0, gt=0)
     processor_batch_messages: int = Field(200, ge=1, description="envelopes taken per processor batch")
     processor_batch_s: float = Field(0.5, gt=0, description="longest wait to fill a processor batch")
-    org_batch_s: float = Field(0.1, gt=0, description="longest wait to fill an org-windows batch")
+    org_batch_s: float = Field(0.02, gt=0, description="longest wait to fill an org-windows batch")
     fetch_max_wait_ms: int = Field(100, ge=1, le=1500,
                                    description="longest a Faust stage's fetch waits for data on the broker")
 

@@ -80,6 +80,52 @@ def test_c_fold_leaves_the_same_state_as_the_reference(seed: int, monkeypatch: p
     assert sums_c and any(e[8] not in (1, 2, 4) for by_minute in sums_c.values() for e in by_minute.values())
 
 
+def _event(i: int, org: str, **values: Any) -> dict[str, Any]:
+    return {"event_id": f"x{i}", "ts_ms": T0 + i * 7_000, "user_id": f"u{i % 3}", "org_id": org, "input_tokens": 1,
+            "output_tokens": 2, "cache_read_tokens": 3, "cache_write_tokens": 4, "cost_nanos": 5, **values}
+
+
+@pytest.mark.parametrize("case", ["near-overflow", "big-ints", "floats", "many-orgs", "non-str-org"])
+def test_c_org_sums_stay_exact_on_every_path(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C fold sums an envelope's org values in 64-bit integers: sums that
+    would overflow, values too big for 64 bits or not ints, and more (minute,
+    org) pairs than its table holds must leave what the reference leaves."""
+    big = 2**62
+    if case == "near-overflow":  # each fits, two of them do not
+        events = [_event(i, "o/a", cost_nanos=big + i, input_tokens=big) for i in range(30)]
+    elif case == "big-ints":  # some do not fit at all
+        events = [_event(i, "o/a", cost_nanos=2**70 if i % 4 == 0 else i) for i in range(30)]
+    elif case == "floats":
+        events = [_event(i, "o/a", input_tokens=0.5 if i % 3 == 0 else 1) for i in range(30)]
+    elif case == "many-orgs":  # more (minute, org) pairs than the table's slots, revisited
+        events = [_event(i, f"org{i % 97}") for i in range(600)]
+    else:
+        events = [_event(i, ("tuple", i % 2)) for i in range(30)]  # type: ignore[arg-type]
+    states = []
+    for use_c in (True, False):
+        monkeypatch.setattr(w, "USE_C_FOLD", use_c)
+        windows = w.UserWindows(0, T0, 26 * HOUR)
+        assert windows.fold(events) == (len(events), 0, 0)
+        states.append(state_of(windows))
+    assert states[0] == states[1]
+    pending_orgs = states[0][3]
+    assert sum(s[0] for orgs in pending_orgs.values() for s in orgs.values()) == len(events)
+
+
+def test_c_fold_keeps_what_it_folded_before_a_bad_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error mid-envelope leaves the events before it folded, org sums included, as the reference does."""
+    events = [_event(i, "o") for i in range(20)] + [{"event_id": "bad"}]
+    states = []
+    for use_c in (True, False):
+        monkeypatch.setattr(w, "USE_C_FOLD", use_c)
+        windows = w.UserWindows(0, T0, 26 * HOUR)
+        with pytest.raises(KeyError):
+            windows.fold(events)
+        states.append(state_of(windows))
+    assert states[0] == states[1]
+    assert sum(s[0] for orgs in states[0][3].values() for s in orgs.values()) == 20
+
+
 def test_c_fold_refuses_bad_events_without_crashing() -> None:
     good = {"event_id": "e1", "ts_ms": T0, "user_id": "u", "org_id": "o", "input_tokens": 1, "output_tokens": 2,
             "cache_read_tokens": 3, "cache_write_tokens": 4, "cost_nanos": 5}
