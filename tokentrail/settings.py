@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     org_batch_s: float = Field(0.02, gt=0, description="longest wait to fill an org-windows batch")
     fetch_max_wait_ms: int = Field(100, ge=1, le=1500,
                                    description="longest a Faust stage's fetch waits for data on the broker")
+    gil_switch_interval_ms: float = Field(0.5, gt=0, le=100,
+                                          description="a Faust stage's thread switch interval (sys.setswitchinterval)")
 
     # Sink.
     sink_group: str = "tokentrail-sink"
