@@ -101,6 +101,17 @@ class UserState:
         self.parts[part] = state
         return state
 
+    def keep_only(self, partitions: set[int]) -> None:
+        """Forget the windows of every partition not in ``partitions`` (this
+        process's new assignment). A partition that comes back later may have
+        been processed elsewhere meanwhile, and another worker may have written
+        deltas without getting to write the progress record that says so: the
+        offsets in ``get`` would then match a stale state, which does not know
+        those deltas' events and would count them again. A forgotten partition
+        is rebuilt from the table, which has them."""
+        for part in [p for p in self.parts if p not in partitions]:
+            del self.parts[part]
+
 
 class QuietCollector:
     """The garbage collector kept away from what it cannot free.
@@ -149,7 +160,9 @@ class FreeMemoryReturner:
             self._trim(0)
 
 
-def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: str) -> None:
+def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: str) -> UserState:
+    """The agents, their state and stats timer on ``p.app``; -> the usage agent's
+    windows per source partition (returned for tests)."""
     retention_ms = settings.window_retention_hours * 3600 * 1000
     writer = ChangelogWriter(bootstrap)
     users = BufferedTable(p.user_windows, writer)
@@ -162,6 +175,16 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def flush_changelog() -> None:
         await asyncio.to_thread(writer.flush)
     user_state = UserState(users, retention_ms)
+
+    @p.app.on_partitions_assigned.connect
+    def forget_lost_partitions(_app: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        assigned: set[Any] = args[0]  # (sender, assigned TPs)
+        # Faust's consumer (aiokafka) rebalances eagerly: each assignment is
+        # the whole new one, so a partition kept through a rebalance was not
+        # processed elsewhere meanwhile. (Before a rebalance Faust waits for
+        # the events delivered to be acked, so for the usage batch in flight
+        # to be durable; stream_wait_empty is on by default.)
+        user_state.keep_only({tp.partition for tp in assigned if tp.topic == settings.usage_topic})
     quiet_collector = QuietCollector()
     free_memory = FreeMemoryReturner()
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
@@ -331,6 +354,7 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
 
     register_stats(p.app, settings, p.progress, "processor", key_prefix="usage/",
                    extra=lambda key: {**timing.get(int(key.rsplit("/", 1)[1]), {}), **org_timing})
+    return user_state
 
 
 def register_stats(app: Any, settings: Settings, progress: Any, stage: str, key_prefix: str = "",
