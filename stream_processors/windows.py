@@ -49,6 +49,11 @@ except ImportError:
     _fold_c = None
 USE_C_FOLD = True  # tests turn it off to run the reference
 
+
+def _in_c() -> Any:
+    """The C module when it was built and is in use, else None (run the Python reference)."""
+    return _fold_c if USE_C_FOLD else None
+
 MINUTE_MS = 60_000
 # Bucket layout: sums first, then (user buckets only) the counted event ids.
 SUM_FIELDS = ("requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -158,8 +163,9 @@ class UserWindows:
         The work is done in C (``_fold.c``) where that module was built, else
         by ``_fold_py``, the reference it is tested against.
         """
-        if _fold_c is not None and USE_C_FOLD and type(events) is list:
-            counted, duplicates, late, self.watermark_ms = _fold_c.fold(
+        in_c = _in_c()
+        if in_c is not None and type(events) is list:
+            counted, duplicates, late, self.watermark_ms = in_c.fold(
                 events, self.watermark_ms, self.retention_ms, self.seen, self.pending, self.pending_orgs,
                 self.users, self._shared_seen)
         else:
@@ -329,8 +335,9 @@ def add_org_sums(out: OrgSums, per_minute: PerMinuteOrgs, source: int = 1) -> No
     In C where ``_fold.c`` was built (``_add_org_sums_py`` is the reference)."""
     if len(_prefix_lists) > MAX_CANON_USERS:
         _prefix_lists.clear()  # bounded; they are made again on demand
-    if _fold_c is not None and USE_C_FOLD:
-        _fold_c.add_org_sums(out, per_minute, source, _prefix_lists, org_prefixes)
+    in_c = _in_c()
+    if in_c is not None:
+        in_c.add_org_sums(out, per_minute, source, _prefix_lists, org_prefixes)
     else:
         _add_org_sums_py(out, per_minute, source)
 
@@ -432,8 +439,9 @@ class OrgFold:
         tags = [(1 << (i // 2), str(raw_tags[i]), raw_tags[i + 1]) for i in range(0, len(raw_tags), 2)]
         prefix = f"o{SEP}{message['org']}{SEP}"
         entries = message["entries"]
-        if _fold_c is not None and USE_C_FOLD and type(entries) is list and len(tags) <= 62:
-            newest, conflicts = _fold_c.org_apply(entries, tags, lambda first: self._open(partition, prefix, first),
+        in_c = _in_c()
+        if in_c is not None and type(entries) is list and len(tags) <= 62:
+            newest, conflicts = in_c.org_apply(entries, tags, lambda first: self._open(partition, prefix, first),
                                                   ORG_RECORD_MINUTES)
             self.conflicts += conflicts
         else:
