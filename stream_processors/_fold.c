@@ -126,17 +126,20 @@ static int accumulate(PyObject *buckets, PyObject *key, PyObject *const values[7
  * (minute, org) in a call goes into the Python bucket as before (so buckets
  * are made in the same order as by _fold_py), and the rest are summed here in
  * 64-bit integers and added to that bucket when the call ends, the table fills
- * or a sum would overflow (the Python sums stay exact, whatever their size).
- * Events whose values are not all plain ints that fit take the Python path.
+ * or a sum would overflow. Only buckets of exact ints get C sums, and an event
+ * whose values are not all ints that fit flushes its slot before it is added
+ * in Python: integer sums are exact in any grouping, float sums are not, so
+ * the result is always what _fold_py computes, value for value.
  */
 #define ORG_SLOTS 64      /* a power of 2 */
 #define ORG_SLOTS_MAX 40  /* flush all before the table gets fuller than this */
 
 typedef struct {
-    PyObject *org;    /* borrowed: the org id of an event of this call's list (alive for the call) */
+    PyObject *org;    /* owned: the org id (a str) */
     Py_hash_t hash;
     long long minute;
     PyObject *bucket; /* owned: the Python bucket the sums are added to; NULL for a free slot */
+    int exact;        /* the bucket holds exact ints only: C sums allowed */
     long long sums[7];
 } org_slot;
 
@@ -167,25 +170,36 @@ static int flush_slot(org_slot *slot) {
     return rc;
 }
 
-/* Flush every slot and empty the table. On error, the rest are still
- * released (the exception of the first failure is kept). */
+/* Flush every slot and empty the table. A failure (out of memory) does not
+ * stop the others from being flushed; the first exception is the one kept. */
 static int flush_table(org_table *table) {
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
     int rc = 0;
     for (int i = 0; i < ORG_SLOTS; i++) {
         org_slot *slot = &table->slots[i];
         if (slot->bucket == NULL) {
             continue;
         }
-        if (rc == 0 && flush_slot(slot) < 0) {
-            rc = -1;
+        if (flush_slot(slot) < 0) {
+            if (rc == 0) {
+                PyErr_Fetch(&type, &value, &tb);
+                rc = -1;
+            } else {
+                PyErr_Clear();
+            }
         }
         Py_CLEAR(slot->bucket);
+        Py_CLEAR(slot->org);
     }
     table->used = 0;
+    if (rc < 0) {
+        PyErr_Restore(type, value, tb);
+    }
     return rc;
 }
 
-/* The slot of (minute, org), or the free slot where it goes. */
+/* The slot of (minute, org), or the free slot where it goes; ``used`` stays
+ * below ORG_SLOTS, so there is always a free one. */
 static org_slot *find_slot(org_table *table, long long minute, PyObject *org, Py_hash_t hash) {
     size_t i = ((size_t)hash ^ ((size_t)minute * 0x9E3779B97F4A7C15ULL)) & (ORG_SLOTS - 1);
     for (;;) {
@@ -201,7 +215,7 @@ static org_slot *find_slot(org_table *table, long long minute, PyObject *org, Py
     }
 }
 
-/* The event's seven values as C integers: 1 when they are all plain ints whose
+/* The event's seven values as C integers: 1 when they are all exact ints whose
  * total and each fits in 64 bits, else 0 (the Python path). */
 static int values_in_c(PyObject *const values[7], long long out[7]) {
     out[0] = 1;
@@ -222,11 +236,25 @@ static int values_in_c(PyObject *const values[7], long long out[7]) {
            !__builtin_add_overflow(out[5], out[4], &out[5]);
 }
 
-/* orgs[org] += the event's values: into the call's C sums when the (minute,
- * org) already has a slot, else into the Python bucket (made when missing),
- * which then gets a slot. */
+static int exact_ints(PyObject *bucket) {
+    if (!PyList_Check(bucket) || PyList_GET_SIZE(bucket) < 7) {
+        return 0;
+    }
+    for (Py_ssize_t j = 0; j < 7; j++) {
+        if (!PyLong_CheckExact(PyList_GET_ITEM(bucket, j))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* orgs[org] += the event's values (``c_values``: the same as C integers, or
+ * NULL when they are not all ints that fit). Into the call's C sums when the
+ * (minute, org) has a slot whose bucket is exact; else into the Python bucket
+ * (made when missing), after the slot's C sums; a (minute, org) seen for the
+ * first time then gets a slot. */
 static int add_org(org_table *table, PyObject *orgs, long long minute, PyObject *org, PyObject *const values[7],
-                   const long long c_values[7]) {
+                   const long long *c_values) {
     if (!PyUnicode_CheckExact(org)) {
         return accumulate(orgs, org, values, NULL);
     }
@@ -236,18 +264,26 @@ static int add_org(org_table *table, PyObject *orgs, long long minute, PyObject 
     }
     org_slot *slot = find_slot(table, minute, org, hash);
     if (slot->bucket != NULL) {
-        long long sums[7];
-        for (int j = 0; j < 7; j++) {
-            if (__builtin_add_overflow(slot->sums[j], c_values[j], &sums[j])) {
-                if (flush_slot(slot) < 0) { /* then the event's values alone fit */
-                    return -1;
+        if (c_values != NULL && slot->exact) {
+            long long sums[7];
+            for (int j = 0; j < 7; j++) {
+                if (__builtin_add_overflow(slot->sums[j], c_values[j], &sums[j])) {
+                    if (flush_slot(slot) < 0) { /* then the event's values alone fit */
+                        return -1;
+                    }
+                    memcpy(sums, c_values, sizeof sums);
+                    break;
                 }
-                memcpy(sums, c_values, sizeof sums);
-                break;
             }
+            memcpy(slot->sums, sums, sizeof sums);
+            return 0;
         }
-        memcpy(slot->sums, sums, sizeof sums);
-        return 0;
+        /* In Python, in event order: the C sums so far first. */
+        if (flush_slot(slot) < 0) {
+            return -1;
+        }
+        slot->exact = 0;
+        return accumulate(orgs, org, values, NULL);
     }
     if (accumulate(orgs, org, values, NULL) < 0) {
         return -1;
@@ -266,10 +302,12 @@ static int add_org(org_table *table, PyObject *orgs, long long minute, PyObject 
         return -1;
     }
     Py_INCREF(bucket);
+    Py_INCREF(org);
     slot->bucket = bucket;
     slot->org = org;
     slot->hash = hash;
     slot->minute = minute;
+    slot->exact = exact_ints(bucket);
     memset(slot->sums, 0, sizeof slot->sums);
     table->used++;
     return 0;
@@ -403,7 +441,7 @@ static PyObject *fold(PyObject *module, PyObject *args) {
         if (org == NULL) {
             goto error;
         }
-        if (in_c ? add_org(&table, orgs, minute, org, values, c_values) < 0 : accumulate(orgs, org, values, NULL) < 0) {
+        if (add_org(&table, orgs, minute, org, values, in_c ? c_values : NULL) < 0) {
             goto error;
         }
         Py_CLEAR(total);

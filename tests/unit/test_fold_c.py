@@ -80,25 +80,34 @@ def test_c_fold_leaves_the_same_state_as_the_reference(seed: int, monkeypatch: p
     assert sums_c and any(e[8] not in (1, 2, 4) for by_minute in sums_c.values() for e in by_minute.values())
 
 
-def _event(i: int, org: str, **values: Any) -> dict[str, Any]:
-    return {"event_id": f"x{i}", "ts_ms": T0 + i * 7_000, "user_id": f"u{i % 3}", "org_id": org, "input_tokens": 1,
-            "output_tokens": 2, "cache_read_tokens": 3, "cache_write_tokens": 4, "cost_nanos": 5, **values}
+def _event(i: int, org: str, step_ms: int = 7_000, **values: Any) -> dict[str, Any]:
+    return {"event_id": f"x{i}", "ts_ms": T0 + i * step_ms, "user_id": f"u{i % 3}", "org_id": org,
+            "input_tokens": 1, "output_tokens": 2, "cache_read_tokens": 3, "cache_write_tokens": 4, "cost_nanos": 5,
+            **values}
 
 
-@pytest.mark.parametrize("case", ["near-overflow", "big-ints", "floats", "many-orgs", "non-str-org"])
+@pytest.mark.parametrize("case", ["near-overflow", "total-overflow", "big-ints", "floats", "float-first",
+                                  "many-orgs", "non-str-org"])
 def test_c_org_sums_stay_exact_on_every_path(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The C fold sums an envelope's org values in 64-bit integers: sums that
-    would overflow, values too big for 64 bits or not ints, and more (minute,
-    org) pairs than its table holds must leave what the reference leaves."""
+    would overflow, values too big for 64 bits or not ints, floats (whose sums
+    depend on the order of additions), and more (minute, org) pairs than its
+    table holds must leave exactly what the reference leaves."""
     big = 2**62
     if case == "near-overflow":  # each fits, two of them do not
         events = [_event(i, "o/a", cost_nanos=big + i, input_tokens=big) for i in range(30)]
+    elif case == "total-overflow":  # each value fits, the event's total does not
+        events = [_event(i, "o/a", input_tokens=big if i % 2 else 1, output_tokens=big) for i in range(30)]
     elif case == "big-ints":  # some do not fit at all
         events = [_event(i, "o/a", cost_nanos=2**70 if i % 4 == 0 else i) for i in range(30)]
-    elif case == "floats":
-        events = [_event(i, "o/a", input_tokens=0.5 if i % 3 == 0 else 1) for i in range(30)]
-    elif case == "many-orgs":  # more (minute, org) pairs than the table's slots, revisited
-        events = [_event(i, f"org{i % 97}") for i in range(600)]
+    elif case == "floats":  # 2**53 + 1 + 0.0 + 1 is not 2**53 + (1 + 1) + 0.0 in floats
+        costs = [2**53, 1, 0.0, 1] * 8
+        events = [_event(i, "o/a", cost_nanos=c) for i, c in enumerate(costs)]
+    elif case == "float-first":  # the bucket is a float before any int is summed in C
+        costs = [1e16, *[1] * 29]
+        events = [_event(i, "o/a", cost_nanos=c) for i, c in enumerate(costs)]
+    elif case == "many-orgs":  # one minute, more (minute, org) pairs than the table's slots, each seen again
+        events = [_event(i, f"org{i % 50}", step_ms=1) for i in range(600)]
     else:
         events = [_event(i, ("tuple", i % 2)) for i in range(30)]  # type: ignore[arg-type]
     states = []
