@@ -101,16 +101,17 @@ class UserState:
         self.parts[part] = state
         return state
 
-    def keep_only(self, partitions: set[int]) -> None:
-        """Forget the windows of every partition not in ``partitions`` (this
-        process's new assignment). A partition that comes back later may have
-        been processed elsewhere meanwhile, and another worker may have written
-        deltas without getting to write the progress record that says so: the
-        offsets in ``get`` would then match a stale state, which does not know
-        those deltas' events and would count them again. A forgotten partition
-        is rebuilt from the table, which has them."""
-        for part in [p for p in self.parts if p not in partitions]:
-            del self.parts[part]
+    def forget(self) -> None:
+        """Forget every partition's windows (at each rebalance): each is rebuilt
+        from the table when next needed. A partition may have been processed by
+        another worker since this one last had it, and that worker may have
+        written deltas without getting to write the progress record that says
+        so: the offsets in ``get`` would then match a stale state, which does
+        not know those deltas' events and would count them again. The table
+        has them. (Even a partition in both this worker's old and new
+        assignment may have been elsewhere in between: a worker that missed a
+        generation, say after a long pause, sees only old and new.)"""
+        self.parts.clear()
 
 
 class QuietCollector:
@@ -176,18 +177,19 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
         await asyncio.to_thread(writer.flush)
     user_state = UserState(users, retention_ms)
 
-    @p.app.on_partitions_assigned.connect
-    def forget_lost_partitions(_app: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        assigned: set[Any] = args[0]  # (sender, assigned TPs)
-        # Faust's consumer (aiokafka) rebalances eagerly: each assignment is
-        # the whole new one, so a partition kept through a rebalance was not
-        # processed elsewhere meanwhile. (Before a rebalance Faust waits for
-        # the events delivered to be acked, so for the usage batch in flight
-        # to be durable; stream_wait_empty is on by default.)
-        user_state.keep_only({tp.partition for tp in assigned if tp.topic == settings.usage_topic})
     quiet_collector = QuietCollector()
     free_memory = FreeMemoryReturner()
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)
+
+    @p.app.on_partitions_assigned.connect
+    def forget_partition_state(_app: Any, /, *_args: Any, signal: Any, **_: Any) -> None:
+        # What is kept in memory per partition, beside the tables, is rebuilt
+        # from them after a rebalance (Faust has recovered the tables by then,
+        # and before the rebalance it waited for the events delivered to be
+        # acked, so for the usage batch in flight to be durable). Costs a
+        # rebuild of the windows, as after a restart, per rebalance.
+        user_state.forget()
+        org_expiry.index.forget()
 
     def fold_batch(batch: list[Any], done: dict[int, int]) -> list[windows.OrgMessage]:
         """The synchronous part of a usage batch: envelopes -> user deltas, progress, org-delta messages.

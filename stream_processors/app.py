@@ -70,6 +70,20 @@ class App(faust.App):
         return PromptTransport(self.conf.broker_consumer, self)
 
 
+def switch_threads_often(settings: Settings) -> None:
+    """Set this process's thread switch interval; for a Faust stage's process.
+
+    A Faust stage's threads share the GIL: aiokafka's consumer thread (fetch,
+    decompress and parse records) and the agents' event loop (plus short-lived
+    ones, such as changelog flushes). With CPython's 5 ms switch interval the
+    consumer thread, behind a folding agent, got the GIL so rarely that each
+    batch's records were parsed only after the fold, while the agent sat idle
+    waiting for them (~0.1 s per usage batch, measured). 0.5 ms:
+    bench.processors at 1M, median 52.6% -> 55-57% of the ceiling.
+    """
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+
+
 def faust_app(app_id: str, settings: Settings, bootstrap: str, batch_messages: int, **overrides: Any) -> faust.App:
     """A Faust app as every TokenTrail stage runs it. The app id is also the
     consumer group, so each stage reads the usage topic at its own pace.
@@ -82,14 +96,6 @@ def faust_app(app_id: str, settings: Settings, bootstrap: str, batch_messages: i
     ``overrides``: more Faust settings, for one stage."""
     session_s = settings.session_timeout_ms / 1000
     overrides.setdefault("stream_buffer_maxsize", 2 * batch_messages)
-    # A Faust stage runs two Python threads that share the GIL: aiokafka's
-    # consumer thread (fetch, decompress and parse records) and the agents'.
-    # With CPython's 5 ms switch interval the consumer thread, blocked behind a
-    # folding agent, got the GIL so rarely that each batch's records were
-    # parsed only after the fold, while the agent sat idle waiting for them
-    # (~0.1 s per usage batch, measured). 0.5 ms: bench.processors at 1M,
-    # median 52.6% -> 55-57% of the ceiling.
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     app = App(
         app_id,
         broker=f"kafka://{bootstrap}",

@@ -519,6 +519,13 @@ class ExpiryIndex:
         self._by_minute: dict[int, dict[int, set[str]]] = {}
         self._loaded: set[int] = set()
 
+    def forget(self) -> None:
+        """Drop the index (after a rebalance: records other workers made meanwhile
+        are in the table, not here); each partition is indexed again from the
+        table's keys when next needed."""
+        self._by_minute.clear()
+        self._loaded.clear()
+
     def ensure_loaded(self, partition: int, keys: Callable[[], Iterable[str]]) -> None:
         """Index the partition's restored keys, once (``keys`` is only called then)."""
         if partition in self._loaded:

@@ -7,7 +7,7 @@ import logging
 import faust
 
 from stream_processors.agents import register
-from stream_processors.app import ORG_WINDOWS, USER_WINDOWS, build, org_deltas_topic
+from stream_processors.app import ORG_WINDOWS, USER_WINDOWS, build, org_deltas_topic, switch_threads_often
 from tokentrail.pricing import PriceTable
 from tokentrail.runtime.topics import TopicSpec, create_missing, pipeline_topics
 from tokentrail.settings import Settings
@@ -25,6 +25,7 @@ def processor_topics(settings: Settings) -> list[TopicSpec]:
 
 
 def run(settings: Settings, bootstrap: str) -> None:
+    switch_threads_often(settings)
     create_missing(bootstrap, processor_topics(settings), settings.replication_factor)
     processors = build(settings, bootstrap)
     register(processors, settings, PriceTable.load(settings.prices_file), bootstrap)

@@ -31,7 +31,7 @@ from typing import Any
 import faust
 
 from stream_processors.agents import by_partition, exit_on_crash, register_stats
-from stream_processors.app import faust_app
+from stream_processors.app import faust_app, switch_threads_often
 from stream_processors.detection import Alert
 from stream_processors.detection.features import DAY_MS
 from stream_processors.detection.stage import DetectorStage, RiskUpdate
@@ -265,6 +265,7 @@ def run(settings: Settings, bootstrap: str) -> None:
         # the processors and the sink go first and detection catches up after
         # (its lag is in GET /v1/pipeline, stages.detector.lag).
         os.nice(settings.detector_nice)
+    switch_threads_often(settings)
     create_missing(bootstrap, detector_topics(settings), settings.replication_factor)
     d = build(settings, bootstrap)
     register(d, settings, PriceTable.load(settings.prices_file), bootstrap)

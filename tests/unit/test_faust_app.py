@@ -1,4 +1,4 @@
-"""How every Faust stage is configured (stream_processors/app.py), without a broker."""
+"""How every Faust stage's process is configured (stream_processors/app.py), without a broker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from stream_processors.app import faust_app
+from stream_processors.app import switch_threads_often
 from tokentrail.settings import Settings
 
 
@@ -14,8 +14,8 @@ def test_a_faust_stage_switches_threads_at_the_configured_interval() -> None:
     """The consumer thread must get the GIL often enough to parse records while the agents work."""
     before = sys.getswitchinterval()
     try:
-        faust_app("tt-switch-test", Settings(gil_switch_interval_ms=0.7), "127.0.0.1:9", batch_messages=10)
+        switch_threads_often(Settings(gil_switch_interval_ms=0.7))
         assert sys.getswitchinterval() == pytest.approx(0.0007)
-        assert Settings().gil_switch_interval_ms == 0.5  # the default: a tenth of CPython's
     finally:
         sys.setswitchinterval(before)
+    assert Settings.model_fields["gil_switch_interval_ms"].default == 0.5  # a tenth of CPython's

@@ -1,6 +1,7 @@
 """The usage agent's in-memory windows per source partition (agents.UserState)
-across rebalances: a partition that went to another worker and came back must
-be rebuilt from the table, never reused from memory (pure: no broker)."""
+across rebalances: after one, a partition's windows are rebuilt from the table,
+never reused from memory, since another worker may have had the partition
+meanwhile (pure: no broker)."""
 
 from __future__ import annotations
 
@@ -47,28 +48,18 @@ def test_a_partition_back_from_another_worker_is_rebuilt_not_reused() -> None:
     prog = dict(NEW_PROGRESS)
     assert fold_and_store(mine, table, prog, 0, range(0, 5)) == (5, 0, 0)
     prog["offset"] = 0  # its progress record, written
-    # A rebalance gives partition 0 to another worker, which folds offset 1 and
-    # writes its deltas, then dies before writing the progress record.
-    mine.keep_only(set())
+    # A rebalance gives partition 0 to another worker (or this worker misses a
+    # generation in which it had), which folds offset 1 and writes its deltas,
+    # then dies before writing the progress record.
     assert fold_and_store(theirs, table, prog, 1, range(5, 10)) == (5, 0, 0)
-    # The next rebalance gives it back: offset 1 is replayed here, and its
-    # events are already in the table.
-    mine.keep_only({0})
+    # After the next rebalance, offset 1 is replayed here, and its events are
+    # already in the table.
+    mine.forget()
     assert fold_and_store(mine, table, prog, 1, range(5, 10)) == (0, 5, 0)
 
 
-def test_partitions_kept_through_a_rebalance_keep_their_windows() -> None:
-    table = BufferedTable(Table())
-    state = UserState(table, 26 * HOUR)
-    prog = dict(NEW_PROGRESS)
-    fold_and_store(state, table, prog, 0, range(0, 5))
-    before = state.parts[0]
-    state.keep_only({0, 2})
-    assert state.parts == {0: before}
-
-
-def test_the_worker_forgets_the_partitions_an_assignment_takes_away(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wiring: Faust's on_partitions_assigned signal reaches UserState.keep_only."""
+def test_the_worker_forgets_partition_state_at_each_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring: Faust's on_partitions_assigned signal reaches UserState.forget."""
     monkeypatch.setattr(agents, "ChangelogWriter", lambda bootstrap: None)  # no producer: nothing is written here
     settings = Settings()
     processors = build(settings, "127.0.0.1:9")
@@ -76,4 +67,4 @@ def test_the_worker_forgets_the_partitions_an_assignment_takes_away(monkeypatch:
     state.parts.update({0: object(), 1: object(), 3: object()})  # type: ignore[dict-item]
     assigned = {TP(settings.usage_topic, 1), TP(settings.usage_topic, 2), TP("other-topic", 3)}
     asyncio.run(processors.app.on_partitions_assigned.send(assigned))
-    assert set(state.parts) == {1}
+    assert state.parts == {}

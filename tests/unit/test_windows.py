@@ -317,3 +317,16 @@ def test_freed_memory_is_handed_back_at_most_once_per_interval() -> None:
     for _ in range(5):
         returner.maybe()
     assert calls == [0]
+
+
+def test_the_expiry_index_forgotten_is_rebuilt_from_the_table_keys() -> None:
+    """After a rebalance the org-window records other workers made meanwhile are
+    only in the table: a forgotten index indexes the partition's keys again."""
+    index = w.ExpiryIndex()
+    mine = w.org_key("acme", 0)
+    index.ensure_loaded(0, lambda: [mine])
+    index.forget()
+    theirs = w.org_key("acme", 120)
+    index.ensure_loaded(0, lambda: [mine, theirs])
+    horizon_past_both = (w.org_record_last_minute(theirs) + 1) * w.MINUTE_MS + 1
+    assert sorted(index.pop_expired(0, horizon_past_both, 0)) == sorted([mine, theirs])
