@@ -97,25 +97,26 @@ static PyObject *new_bucket(PyObject *const values[7], PyObject *event_id) {
 }
 
 /* buckets[key] += values (a new bucket when missing); with event_id, the
- * bucket also lists the ids it counted. */
-static int accumulate(PyObject *buckets, PyObject *key, PyObject *const values[7], PyObject *event_id) {
+ * bucket also lists the ids it counted. -> the bucket (borrowed from
+ * ``buckets``), or NULL with an exception set. */
+static PyObject *accumulate(PyObject *buckets, PyObject *key, PyObject *const values[7], PyObject *event_id) {
     PyObject *acc = PyDict_GetItemWithError(buckets, key);
     if (acc == NULL) {
         if (PyErr_Occurred()) {
-            return -1;
+            return NULL;
         }
         PyObject *bucket = new_bucket(values, event_id);
         if (bucket == NULL) {
-            return -1;
+            return NULL;
         }
         int rc = PyDict_SetItem(buckets, key, bucket);
-        Py_DECREF(bucket);
-        return rc;
+        Py_DECREF(bucket); /* the dict holds it */
+        return rc < 0 ? NULL : bucket;
     }
-    if (add_into(acc, 0, values) < 0) {
-        return -1;
+    if (add_into(acc, 0, values) < 0 || (event_id != NULL && PyList_Append(acc, event_id) < 0)) {
+        return NULL;
     }
-    return event_id != NULL ? PyList_Append(acc, event_id) : 0;
+    return acc;
 }
 
 /* Org sums of one fold() call, in C integers.
@@ -256,7 +257,7 @@ static int exact_ints(PyObject *bucket) {
 static int add_org(org_table *table, PyObject *orgs, long long minute, PyObject *org, PyObject *const values[7],
                    const long long *c_values) {
     if (!PyUnicode_CheckExact(org)) {
-        return accumulate(orgs, org, values, NULL);
+        return accumulate(orgs, org, values, NULL) == NULL ? -1 : 0;
     }
     Py_hash_t hash = PyObject_Hash(org);
     if (hash == -1) {
@@ -283,25 +284,20 @@ static int add_org(org_table *table, PyObject *orgs, long long minute, PyObject 
             return -1;
         }
         slot->exact = 0;
-        return accumulate(orgs, org, values, NULL);
+        return accumulate(orgs, org, values, NULL) == NULL ? -1 : 0;
     }
-    if (accumulate(orgs, org, values, NULL) < 0) {
+    PyObject *bucket = accumulate(orgs, org, values, NULL);
+    if (bucket == NULL) {
         return -1;
     }
+    Py_INCREF(bucket); /* the slot's */
     if (table->used >= ORG_SLOTS_MAX) {
         if (flush_table(table) < 0) {
+            Py_DECREF(bucket);
             return -1;
         }
         slot = find_slot(table, minute, org, hash);
     }
-    PyObject *bucket = PyDict_GetItemWithError(orgs, org);
-    if (bucket == NULL) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_RuntimeError, "fold: an org bucket vanished");
-        }
-        return -1;
-    }
-    Py_INCREF(bucket);
     Py_INCREF(org);
     slot->bucket = bucket;
     slot->org = org;
@@ -434,7 +430,7 @@ static PyObject *fold(PyObject *module, PyObject *args) {
             goto error;
         }
         values[5] = total;
-        if (accumulate(users, user, values, event_id) < 0) {
+        if (accumulate(users, user, values, event_id) == NULL) {
             goto error;
         }
         PyObject *org = field(event, k_org_id); /* read after the user bucket, as in _fold_py */

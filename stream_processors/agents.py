@@ -176,7 +176,6 @@ def register(p: Processors, settings: Settings, prices: PriceTable, bootstrap: s
     async def flush_changelog() -> None:
         await asyncio.to_thread(writer.flush)
     user_state = UserState(users, retention_ms)
-
     quiet_collector = QuietCollector()
     free_memory = FreeMemoryReturner()
     org_expiry = Expiry(orgs, settings.partitions, retention_ms)

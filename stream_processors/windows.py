@@ -442,7 +442,7 @@ class OrgFold:
         in_c = _in_c()
         if in_c is not None and type(entries) is list and len(tags) <= 62:
             newest, conflicts = in_c.org_apply(entries, tags, lambda first: self._open(partition, prefix, first),
-                                                  ORG_RECORD_MINUTES)
+                                               ORG_RECORD_MINUTES)
             self.conflicts += conflicts
         else:
             newest = self._apply_py(partition, prefix, tags, entries)
